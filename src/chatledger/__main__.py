@@ -1,0 +1,3 @@
+from chatledger.cli import main
+
+main()

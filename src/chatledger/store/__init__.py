@@ -1,0 +1,47 @@
+"""The store: where exchanges are recorded (SQLite by default) and read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from chatledger.store import migrate
+from chatledger.store.engine import create_engine
+from chatledger.store.sqlite_sink import SQLiteSink
+from chatledger.store.writer import Sink
+
+
+@dataclass
+class Store:
+    engine: sa.Engine
+    location: str
+    database_path: Path | None
+    session_timeout_ms: int
+    synchronous: str
+    busy_timeout_ms: int = 5000
+
+    @classmethod
+    def open(cls, *, database_path: Path, database_url: str | None = None, session_timeout_ms: int,
+             synchronous: str = "NORMAL", busy_timeout_ms: int = 5000, run_migrations: bool = True) -> Store:
+        engine = create_engine(database_path, database_url)
+        if run_migrations and migrate.current_revision(engine) != migrate.head_revision():
+            migrate.upgrade(engine)
+        location = engine.url.render_as_string(hide_password=True) if database_url else str(database_path)
+        return cls(engine, location, None if database_url else database_path, session_timeout_ms, synchronous,
+                   busy_timeout_ms)
+
+    def sink(self) -> Sink:
+        if self.database_path is None:
+            raise NotImplementedError("only SQLite is supported as a recording store so far")
+        return SQLiteSink(self.database_path, session_timeout_ms=self.session_timeout_ms,
+                          synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+
+    def dead_letter_path(self) -> Path | None:
+        if self.database_path is None:
+            return None
+        return self.database_path.with_name(self.database_path.name + ".deadletter.jsonl")
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,175 @@
+"""The SQLite side of the recorder: one connection, one `BEGIN IMMEDIATE` transaction per batch.
+
+Request ids are allocated here, inside the write lock, so a batch goes in with `executemany` and no
+per-row round trip; the session bookkeeping (message_count, expiry, parent_id) is done by the
+statements and the `responses_advance_session` trigger, so it stays right with several processes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, first_user_text, restarted_session_id, session_key
+from chatledger.store.engine import configure_sqlite_connection
+from chatledger.store.records import Record, RequestRecord, ResponseRecord
+from chatledger.store.rows import response_fields, text
+from chatledger.store.writer import TransientStoreError
+
+UPSERT_SESSION = """
+INSERT INTO sessions (id, session_key, first_user_message, api_key_hash, message_count,
+                      created_at, updated_at, expires_at)
+VALUES (?, ?, ?, ?, 1, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET message_count = message_count + 1,
+                              updated_at = MAX(updated_at, excluded.updated_at),
+                              expires_at = MAX(expires_at, excluded.expires_at)
+"""
+
+INSERT_REQUEST = """
+INSERT INTO requests (id, session_id, request_id, timestamp, method, path, openai_request,
+                      provider_request, model, provider, upstream_model, stream, api_key_hash, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+INSERT_RESPONSE = """
+INSERT INTO responses (request_id, session_id, response_id, timestamp, provider_response, openai_response,
+                       parent_id, upstream_id, completion_tokens, prompt_tokens, total_tokens, finish_reason,
+                       error, status_code, duration_ms, ttft_ms, created_at)
+VALUES (?, ?, ?, ?, ?, ?, (SELECT parent_id FROM sessions WHERE id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+SESSION_CACHE_SIZE = 100_000
+
+
+class UnknownRequest(ValueError):
+    pass
+
+
+class SQLiteSink:
+    def __init__(self, path: Path, *, session_timeout_ms: int, synchronous: str = "NORMAL",
+                 busy_timeout_ms: int = 5000) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._session_timeout_ms = session_timeout_ms
+        # session key -> (session id, expires_at); trusted only to say "still active".
+        self._sessions: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
+        # request uuid -> (row id, session id) for requests whose response is not written yet.
+        self._open: dict[str, tuple[int, str]] = {}
+        self._connection = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        configure_sqlite_connection(connection, self._synchronous, self._busy_timeout_ms)
+        return connection
+
+    def reconnect(self) -> None:
+        self.close()
+        self._connection = self._connect()
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.close()
+
+    def write(self, records: list[Record]) -> None:
+        sessions: dict[str, tuple[str, int]] = {}
+        opened: dict[str, tuple[int, str]] = {}
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_requests([r for r in records if isinstance(r, RequestRecord)], sessions, opened)
+                closed = self._write_responses([r for r in records if isinstance(r, ResponseRecord)], opened)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError):
+            raise
+        except sqlite3.DatabaseError as exc:  # locked, busy, read-only, disk full, I/O
+            raise TransientStoreError(str(exc)) from exc
+        self._remember_sessions(sessions)
+        self._open.update(opened)
+        for request_id in closed:
+            self._open.pop(request_id, None)
+
+    def _write_requests(self, records: list[RequestRecord], sessions: dict[str, tuple[str, int]],
+                        opened: dict[str, tuple[int, str]]) -> None:
+        if not records:
+            return
+        row = self._connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'requests'").fetchone()
+        next_id = (row[0] if row else 0) + 1
+        now = int(time.time() * 1000)
+        session_rows = []
+        request_rows = []
+        for record in records:
+            first_text = first_user_text(record.body, record.endpoint)
+            session_id, key = self._resolve_session(record, first_text, sessions)
+            expires = record.timestamp + self._session_timeout_ms
+            session_rows.append((session_id, key, first_text[:FIRST_MESSAGE_PREVIEW_CHARS], record.api_key_hash,
+                                 record.timestamp, record.timestamp, expires))
+            request_rows.append((next_id, session_id, record.request_id, record.timestamp, record.method,
+                                 record.path, text(record.openai_request), text(record.provider_request),
+                                 record.model, record.provider, record.upstream_model, record.stream,
+                                 record.api_key_hash, now))
+            opened[record.request_id] = (next_id, session_id)
+            next_id += 1
+        self._connection.executemany(UPSERT_SESSION, session_rows)
+        self._connection.executemany(INSERT_REQUEST, request_rows)
+
+    def _resolve_session(self, record: RequestRecord, first_text: str,
+                         sessions: dict[str, tuple[str, int]]) -> tuple[str, str]:
+        if record.session_hint:
+            return record.session_hint, record.session_hint
+        key = session_key(first_text, record.api_key_hash)
+        known = sessions.get(key) or self._sessions.get(key)
+        if known is not None and known[1] >= record.timestamp:
+            session_id = known[0]
+        else:
+            latest = self._connection.execute(
+                "SELECT id, expires_at FROM sessions WHERE session_key = ? ORDER BY created_at DESC LIMIT 1",
+                (key,)).fetchone()
+            if latest is None:
+                session_id = key
+            elif latest[1] >= record.timestamp:
+                session_id = latest[0]
+            else:
+                session_id = restarted_session_id(key, record.timestamp)
+        sessions[key] = (session_id, record.timestamp + self._session_timeout_ms)
+        return session_id, key
+
+    def _remember_sessions(self, sessions: dict[str, tuple[str, int]]) -> None:
+        cache = self._sessions
+        for key, value in sessions.items():
+            cache[key] = value
+            cache.move_to_end(key)
+        while len(cache) > SESSION_CACHE_SIZE:
+            cache.popitem(last=False)
+
+    def _write_responses(self, records: list[ResponseRecord], opened: dict[str, tuple[int, str]]) -> list[str]:
+        if not records:
+            return []
+        now = int(time.time() * 1000)
+        rows = []
+        for record in records:
+            link = opened.get(record.request_id) or self._open.get(record.request_id) \
+                or self._find_request(record.request_id)
+            if link is None:
+                raise UnknownRequest(f"response {record.response_id} for unknown request {record.request_id}")
+            row_id, session_id = link
+            fields = response_fields(record)
+            rows.append((row_id, session_id, record.response_id, record.timestamp, fields.provider_response,
+                         fields.openai_response, session_id, fields.upstream_id, fields.completion_tokens,
+                         fields.prompt_tokens, fields.total_tokens, fields.finish_reason, fields.error,
+                         record.status_code, record.duration_ms, record.ttft_ms, now))
+        self._connection.executemany(INSERT_RESPONSE, rows)
+        return [record.request_id for record in records]
+
+    def _find_request(self, request_id: str) -> tuple[int, str] | None:
+        row = self._connection.execute(
+            "SELECT id, session_id FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        return (row[0], row[1]) if row else None

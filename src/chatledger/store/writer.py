@@ -1,0 +1,263 @@
+"""The recorder: one thread owns the write connection and commits records in batches.
+
+The event loop only appends to a queue (no I/O, no serialization). The thread gathers a batch (up to
+`batch_size` records, or whatever arrived within `flush_ms`; at once when someone awaits the batch),
+hands it to the sink as one transaction, then wakes the awaiting responses with a single
+`call_soon_threadsafe`. When the sink fails for a reason that may pass (locked, disk full, server
+gone) the batch is kept and retried with backoff, the cause logged once; records that fail on their
+own (a bug, a constraint) are written one by one and the bad ones set aside in a dead-letter file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import orjson
+
+from chatledger.store.records import Record, ResponseRecord
+
+log = logging.getLogger("chatledger.writer")
+
+_STOP = object()
+
+
+class TransientStoreError(Exception):
+    """The store cannot take writes right now; the same batch may succeed later."""
+
+
+class Sink(Protocol):
+    def write(self, records: list[Record]) -> None: ...  # one transaction, or raise
+    def reconnect(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class WriterStats:
+    submitted: int = 0
+    committed: int = 0
+    batches: int = 0
+    failures: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+
+
+class Writer:
+    def __init__(
+        self,
+        sink_factory: Callable[[], Sink],
+        *,
+        batch_size: int = 512,
+        flush_ms: int = 50,
+        max_pending_bytes: int = 256 * 1024 * 1024,
+        dead_letter_path: Path | None = None,
+        retry_max_s: float = 1.0,
+    ) -> None:
+        self._sink_factory = sink_factory
+        self._batch_size = batch_size
+        self._flush_s = flush_ms / 1000
+        self._max_pending_bytes = max_pending_bytes
+        self._dead_letter_path = dead_letter_path
+        self._retry_max_s = retry_max_s
+        self._queue: queue.SimpleQueue[tuple[int, Record, bool] | object] = queue.SimpleQueue()
+        self._seq = 0
+        self._pending_bytes = 0
+        self._pending_lock = threading.Lock()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[bool]]] = collections.deque()
+        self._committed_seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self.healthy = True
+        self.last_error: str | None = None
+        self.stats = WriterStats()
+
+    # -- event loop side -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sink = self._sink_factory()  # open in the caller so a bad path fails start-up loudly
+        self._thread = threading.Thread(target=self._run, args=(sink,), name="chatledger-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: Record, *, ack: bool = False) -> int:
+        """Queue a record; returns its sequence number (0 if it had to be dropped)."""
+        size = record.size()
+        with self._pending_lock:
+            if self._pending_bytes + size > self._max_pending_bytes:
+                self.stats.dropped += 1
+                if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+                    log.error("recorder backlog is over %d bytes: %d records dropped so far",
+                              self._max_pending_bytes, self.stats.dropped)
+                return 0
+            self._pending_bytes += size
+        self._seq += 1
+        self.stats.submitted += 1
+        self._queue.put((self._seq, record, ack))
+        return self._seq
+
+    async def submit_and_wait(self, record: Record, timeout: float) -> bool:
+        """Queue a record and wait until the batch holding it is committed (False on timeout)."""
+        seq = self.submit(record, ack=True)
+        if not seq or not self.healthy or self._loop is None:
+            return False
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._waiters.append((seq, future))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+
+    def _on_committed(self, seq: int) -> None:
+        self._committed_seq = max(self._committed_seq, seq)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._committed_seq:
+            _, future = waiters.popleft()
+            if not future.done():
+                future.set_result(True)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain: everything queued is committed before this returns (or the timeout passes)."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("recorder did not drain within %.0fs; %d records unwritten",
+                      timeout, self.stats.submitted - self.stats.committed - self.stats.dead_lettered)
+            self._stop_event.set()
+            self._thread.join(5)
+        self._thread = None
+
+    # -- writer thread -----------------------------------------------------------------------------
+
+    def _run(self, sink: Sink) -> None:
+        pending: collections.deque[tuple[int, Record, bool]] = collections.deque()
+        stopping = False
+        backoff = 0.05
+        while True:
+            if not pending:
+                if stopping:
+                    break
+                stopping = self._take(pending, block=True)
+            stopping = self._gather(pending, stopping)
+            batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
+            if not batch:
+                continue
+            try:
+                self._write(sink, [record for _, record, _ in batch])
+            except TransientStoreError as exc:
+                self._note_failure(exc)
+                if self._stop_event.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self._retry_max_s)
+                sink = self._reopen(sink)
+                continue
+            backoff = 0.05
+            for _ in batch:
+                pending.popleft()
+            self._note_success(batch)
+        sink.close()
+
+    def _take(self, pending: collections.deque, *, block: bool, timeout: float | None = None) -> bool:
+        """Move one item from the queue to `pending`; returns True when the stop marker came."""
+        item = self._queue.get(block=block, timeout=timeout)
+        if item is _STOP:
+            return True
+        pending.append(item)
+        return False
+
+    def _gather(self, pending: collections.deque, stopping: bool) -> bool:
+        deadline = time.monotonic() + self._flush_s
+        while len(pending) < self._batch_size:
+            try:
+                stopping = self._take(pending, block=False) or stopping
+                continue
+            except queue.Empty:
+                pass
+            # Nothing more right now: flush at once if anyone is waiting, else wait up to flush_ms.
+            if stopping or any(ack for _, _, ack in pending) or not self.healthy:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                stopping = self._take(pending, block=True, timeout=remaining) or stopping
+            except queue.Empty:
+                break
+        return stopping
+
+    def _write(self, sink: Sink, records: list[Record]) -> None:
+        try:
+            sink.write(records)
+        except TransientStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a record the sink cannot take must not stop the rest
+            if len(records) == 1:
+                self._dead_letter(records[0], exc)
+                return
+            log.warning("batch of %d failed (%s); writing records one by one", len(records), exc)
+            for record in records:
+                self._write(sink, [record])
+
+    def _reopen(self, sink: Sink) -> Sink:
+        try:
+            sink.reconnect()
+        except Exception as exc:  # noqa: BLE001 - the next write attempt reports the cause
+            log.debug("reconnect failed: %s", exc)
+        return sink
+
+    def _note_failure(self, exc: Exception) -> None:
+        self.stats.failures += 1
+        message = str(exc.__cause__ or exc)
+        if self.healthy or message != self.last_error:
+            log.error("store write failed, keeping records and retrying: %s", message)
+        self.healthy = False
+        self.last_error = message
+
+    def _note_success(self, batch: list[tuple[int, Record, bool]]) -> None:
+        if not self.healthy:
+            log.warning("store writable again; writing the backlog")
+            self.healthy = True
+            self.last_error = None
+        self.stats.committed += len(batch)
+        self.stats.batches += 1
+        size = sum(record.size() for _, record, _ in batch)
+        with self._pending_lock:
+            self._pending_bytes -= size
+        if self._loop is not None and any(ack for _, _, ack in batch):
+            # A closed loop (RuntimeError) means nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._on_committed, batch[-1][0])
+
+    def _dead_letter(self, record: Record, exc: Exception) -> None:
+        self.stats.dead_lettered += 1
+        log.error("record %s could not be written and was set aside: %r", record.request_id, exc)
+        if self._dead_letter_path is None:
+            return
+        entry = {"kind": "response" if isinstance(record, ResponseRecord) else "request",
+                 "error": repr(exc), "record": _record_dict(record)}
+        try:
+            with self._dead_letter_path.open("ab") as handle:
+                handle.write(orjson.dumps(entry, default=_bytes_as_text) + b"\n")
+        except OSError as write_error:
+            log.error("dead-letter file %s not writable: %s", self._dead_letter_path, write_error)
+
+
+def _record_dict(record: Record) -> dict:
+    return {name: getattr(record, name) for name in record.__slots__}
+
+
+def _bytes_as_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError

@@ -1,0 +1,113 @@
+"""Start the real gateway for tests: in a thread (fast, inspectable) or as a separate process."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from chatledger.config import GatewayConfig, Settings
+from chatledger.gateway.app import ChatLedgerApp
+from tests.fakes.server import free_port
+
+PROVIDER_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL",
+                      "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CHATLEDGER_CONFIG", "DATABASE_PATH",
+                      "DATABASE_URL", "CHATLEDGER_MASTER_KEY", "HOST", "PORT", "SESSION_TIMEOUT",
+                      "ENABLE_PERSISTENCE", "ENABLE_CRUD_API")
+
+
+def make_settings(tmp_path: Path, **values: Any) -> Settings:
+    values.setdefault("database_path", tmp_path / "data" / "chatledger.db")
+    values.setdefault("port", free_port())
+    values.setdefault("log_level", "warning")
+    return Settings(_env_file=None, **values)
+
+
+class DatabaseMixin:
+    db_path: Path
+
+    def rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        connection = sqlite3.connect(self.db_path)
+        connection.row_factory = sqlite3.Row
+        try:
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+    def count(self, table: str) -> int:
+        return self.rows(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
+
+
+class GatewayThread(DatabaseMixin):
+    def __init__(self, settings: Settings, config: GatewayConfig | None = None) -> None:
+        self.settings = settings
+        self.app = ChatLedgerApp(settings, config)
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.db_path = settings.database_path
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, loop="uvloop",
+                                                    http="httptools", lifespan="on", log_level="warning"))
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> GatewayThread:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(30)
+
+
+class GatewayProcess(DatabaseMixin):
+    """`python -m chatledger serve` in its own process, for crash and shutdown tests."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.db_path = workdir / "data" / "chatledger.db"
+        self.env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARIABLES}
+        self.env.update({"PORT": str(self.port), "LOG_LEVEL": "warning", **env})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output = b""
+
+    def start(self) -> GatewayProcess:
+        self.process = subprocess.Popen([sys.executable, "-m", "chatledger", "serve"], cwd=self.workdir,
+                                        env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("gateway exited: " + self.process.stdout.read().decode())  # type: ignore[union-attr]
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("gateway did not answer /health")
+
+    def stop(self, signal_number: int | None = None, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            if signal_number is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(signal_number)
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        self.output += out or b""
+        return self.process.returncode

@@ -1,0 +1,132 @@
+"""Nothing lost: a SIGKILL under load, a store that cannot be written, a SIGTERM with a backlog."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+import time
+
+import httpx
+
+from tests.conftest import client_for
+from tests.gateway_server import GatewayProcess
+
+# uvicorn re-raises SIGTERM after its graceful shutdown, so a clean stop may report the signal.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+def _chat(url: str, content: str, stream: bool, http: httpx.Client) -> bool:
+    """True only if the client received the whole answer."""
+    body = {"model": "mock-1", "stream": stream, "messages": [{"role": "user", "content": content}]}
+    try:
+        response = http.post(url + "/v1/chat/completions", json=body)
+    except httpx.HTTPError:
+        return False
+    if response.status_code != 200:
+        return False
+    if stream:
+        return response.text.endswith("data: [DONE]\n\n")
+    return response.json()["choices"][0]["message"]["content"].endswith(content)
+
+
+def _recorded_contents(db_path) -> set[str]:
+    connection = sqlite3.connect(db_path)
+    try:
+        rows = connection.execute(
+            "SELECT json_extract(r.openai_request, '$.messages[0].content') FROM requests r "
+            "JOIN responses s ON s.request_id = r.id WHERE s.error IS NULL").fetchall()
+    finally:
+        connection.close()
+    return {row[0] for row in rows}
+
+
+def test_sigkill_under_load_loses_no_answered_exchange(tmp_path):
+    gateway = GatewayProcess(tmp_path, {}).start()
+    answered: list[str] = []
+    enough = threading.Event()
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        with httpx.Client(timeout=10) as http:
+            for i in range(10_000):
+                content = f"kill-test {worker}-{i}"
+                if _chat(gateway.url, content, stream=i % 2 == 1, http=http):
+                    with lock:
+                        answered.append(content)
+                        if len(answered) >= 400:
+                            enough.set()
+                elif enough.is_set():
+                    return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    assert enough.wait(60), "load did not get going"
+    gateway.stop(signal.SIGKILL)
+    for thread in threads:
+        thread.join(30)
+
+    with lock:
+        received = set(answered)
+    recorded = _recorded_contents(gateway.db_path)
+    assert len(received) >= 400
+    assert received - recorded == set()
+    # The restarted gateway opens the same file and carries on.
+    restarted = GatewayProcess(tmp_path, {}, port=gateway.port).start()
+    try:
+        with httpx.Client(timeout=10) as http:
+            assert _chat(restarted.url, "after restart", stream=False, http=http)
+    finally:
+        assert restarted.stop() in CLEAN_EXIT
+    assert "after restart" in _recorded_contents(gateway.db_path)
+
+
+def _hold_write_lock(db_path) -> sqlite3.Connection:
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    return blocker
+
+
+def test_unwritable_store_keeps_answering_and_catches_up(make_gateway):
+    gateway = make_gateway(writer_ack_timeout_ms=200, sqlite_busy_timeout_ms=100)
+    client = client_for(gateway)
+    client.chat.completions.create(model="mock-1", messages=[{"role": "user", "content": "before"}])
+    assert gateway.count("responses") == 1
+
+    blocker = _hold_write_lock(gateway.db_path)
+    try:
+        for i in range(20):
+            reply = client.chat.completions.create(model="mock-1", stream=i % 2 == 0,
+                                                   messages=[{"role": "user", "content": f"locked {i}"}])
+            if i % 2:
+                assert reply.choices[0].message.content.endswith(f"locked {i}")
+            else:
+                assert "".join(c.choices[0].delta.content or "" for c in reply if c.choices).endswith(f"locked {i}")
+        health = httpx.get(gateway.url + "/health").json()
+        assert health["status"] == "degraded" and "locked" in health["store"]["last_error"]
+        assert gateway.app.writer.stats.failures > 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    deadline = time.monotonic() + 20
+    while gateway.count("responses") < 21 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.count("requests") == 21 and gateway.count("responses") == 21
+    assert httpx.get(gateway.url + "/health").json()["status"] == "ok"
+    assert _recorded_contents(gateway.db_path) == {"before", *(f"locked {i}" for i in range(20))}
+
+
+def test_sigterm_drains_the_backlog_before_exit(tmp_path):
+    gateway = GatewayProcess(tmp_path, {"WRITER_ACK_TIMEOUT_MS": "100", "SQLITE_BUSY_TIMEOUT_MS": "50"}).start()
+    with httpx.Client(timeout=10) as http:
+        assert _chat(gateway.url, "warm-up", stream=False, http=http)
+        blocker = _hold_write_lock(gateway.db_path)
+        for i in range(10):
+            assert _chat(gateway.url, f"backlog {i}", stream=bool(i % 2), http=http)
+    gateway.process.send_signal(signal.SIGTERM)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert gateway.stop(timeout=60) in CLEAN_EXIT
+    assert _recorded_contents(gateway.db_path) == {"warm-up", *(f"backlog {i}" for i in range(10))}
