@@ -31,8 +31,11 @@ def main() -> None:
 @click.option("--database", "database_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite file (DATABASE_PATH, default ./data/chatledger.db).")
 @click.option("--access-log/--no-access-log", default=False, help="Log every request line.")
+@click.option("--proxy-headers/--no-proxy-headers", default=False,
+              help="Trust X-Forwarded-For from --forwarded-allow-ips (behind a reverse proxy).")
+@click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True)
 def serve(host: str | None, port: int | None, workers: int, config_path: Path | None,
-          database_path: Path | None, access_log: bool) -> None:
+          database_path: Path | None, access_log: bool, proxy_headers: bool, forwarded_allow_ips: str) -> None:
     """Start the gateway."""
     import uvicorn
 
@@ -66,7 +69,8 @@ def serve(host: str | None, port: int | None, workers: int, config_path: Path | 
         click.echo(line)
     sys.stdout.flush()
     options = dict(host=settings.host, port=settings.port, loop="uvloop", http="httptools", lifespan="on",
-                   access_log=access_log, log_level=settings.log_level.lower(), timeout_graceful_shutdown=30)
+                   access_log=access_log, log_level=settings.log_level.lower(), timeout_graceful_shutdown=30,
+                   proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips)
     if workers > 1:
         # Workers build their own app from the environment: hand the command-line choices down.
         os.environ.update({"HOST": settings.host, "PORT": str(settings.port),

@@ -32,6 +32,10 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop
 # authentication_error, permission_error, not_found_error, rate_limit_error) are the same.
 ERROR_TYPES = {"request_too_large": "invalid_request_error", "api_error": "server_error",
                "overloaded_error": "server_error"}
+# The HTTP status Anthropic gives each error type, for errors that arrive inside a stream.
+ERROR_STATUSES = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                  "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+                  "overloaded_error": 529}
 
 
 def error_payload(status: int, error: dict[str, Any]) -> bytes:
@@ -295,16 +299,16 @@ class AnthropicProvider(Provider):
         async with self.transport.stream(request.url, request.headers, request.body, self.timeouts) as reply:
             if reply.status >= 400:
                 raise http_error(reply.status, await reply.read(), reply.relay_headers)
-            translator = StreamTranslator(call)
-            splitter = EventSplitter()
+            translator = StreamTranslator(call, reply.relay_headers)
+            # Anthropic's own events, for a recorder that keeps the provider's stream beside OpenAI's.
+            raw: list[bytes] = request.extra.setdefault("provider_stream", [])
             async for chunk in reply.chunks():
-                for event in splitter.feed(chunk):
-                    for out in translator.feed(event):
-                        yield out
-                    if translator.closed:
-                        return
-            tail = splitter.rest()
-            for out in [*(translator.feed(tail) if tail.strip() else []), *translator.end()]:
+                raw.append(chunk)
+                for out in translator.feed(chunk):
+                    yield out
+                if translator.closed:
+                    return
+            for out in translator.finish():
                 yield out
 
     async def list_models(self) -> list[dict[str, Any]]:
@@ -321,25 +325,61 @@ class AnthropicProvider(Provider):
 
 
 class StreamTranslator:
-    """Anthropic's typed events (message_start, content_block_*, message_delta, ...) to OpenAI chunks."""
+    """Anthropic's typed SSE events (message_start, content_block_*, message_delta...) to OpenAI chunks.
 
-    def __init__(self, call: ProviderCall) -> None:
+    An error before any chunk is raised as `UpstreamHTTPError`, so the client still gets an error
+    status; after that it becomes a last `data: {"error": ...}` event.
+    """
+
+    def __init__(self, call: ProviderCall, relay_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.base: dict[str, Any] = {"id": "", "object": "chat.completion.chunk", "created": int(time.time()),
                                      "model": call.upstream_model}
+        self.relay_headers = relay_headers or []
+        self.splitter = EventSplitter()
         self.usage: dict[str, Any] = {}
         self.tool_positions: dict[int, int] = {}  # content block index -> OpenAI tool call index
-        self.finish: str | None = None
+        self.finish_reason: str | None = None
+        self.emitted = False
         self.closed = False
 
+    def feed(self, chunk: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for event in self.splitter.feed(chunk):
+            out.extend(self._event(event))
+            if self.closed:
+                break
+        return out
+
+    def finish(self) -> list[bytes]:
+        """What follows the upstream's last byte; normally message_stop has already closed the stream."""
+        tail = self.splitter.rest()
+        out = self._event(tail) if tail.strip() and not self.closed else []
+        return out if self.closed else [*out, *self._end()]
+
+    def _end(self) -> list[bytes]:
+        if self.finish_reason is None:
+            return self._fail(502, {"type": "api_error",
+                                    "message": "Anthropic's stream ended before a stop reason"})
+        self.closed = True
+        usage = openai_usage(self.usage) if self.usage else None
+        out = [encode_event({**self.base, "choices": [], "usage": usage})] if usage else []
+        return [*out, DONE]
+
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        self.emitted = True
         return encode_event({**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                        "finish_reason": finish}]})
 
     def _fail(self, status: int, error: dict[str, Any]) -> list[bytes]:
         self.closed = True
-        return [b"data: " + error_payload(status, error) + b"\n\n"]
+        status = ERROR_STATUSES.get(str(error.get("type")), status)
+        payload = error_payload(status, error)
+        if not self.emitted:
+            raise UpstreamHTTPError(status, payload, f"Anthropic stream failed: {error.get('message', '')}",
+                                    relay_headers=self.relay_headers)
+        return [b"data: " + payload + b"\n\n"]
 
-    def feed(self, event: bytes) -> list[bytes]:
+    def _event(self, event: bytes) -> list[bytes]:
         data = event_data(event)
         if data is None:
             return []
@@ -362,10 +402,10 @@ class StreamTranslator:
             return self._block_delta(payload.get("index", 0), payload.get("delta") or {})
         if kind == "message_delta":
             self.usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
-            self.finish = finish_reason((payload.get("delta") or {}).get("stop_reason"))
-            return [self._chunk({}, self.finish)] if self.finish else []
+            self.finish_reason = finish_reason((payload.get("delta") or {}).get("stop_reason"))
+            return [self._chunk({}, self.finish_reason)] if self.finish_reason else []
         if kind == "message_stop":
-            return self.end()
+            return self._end()
         if kind == "error":
             return self._fail(500, payload.get("error") or {})
         return []  # ping, content_block_stop, and event types added after this was written
@@ -393,14 +433,3 @@ class StreamTranslator:
         if kind == "thinking_delta" and delta.get("thinking"):
             return [self._chunk({"reasoning_content": delta["thinking"]})]
         return []  # signature_delta, citations_delta
-
-    def end(self) -> list[bytes]:
-        if self.closed:
-            return []
-        if self.finish is None:
-            return self._fail(502, {"type": "api_error",
-                                    "message": "Anthropic's stream ended before a stop reason"})
-        self.closed = True
-        usage = openai_usage(self.usage) if self.usage else None
-        out = [encode_event({**self.base, "choices": [], "usage": usage})] if usage else []
-        return [*out, DONE]

@@ -294,16 +294,16 @@ class DashScopeProvider(Provider):
         async with self.transport.stream(request.url, request.headers, request.body, self.timeouts) as reply:
             if reply.status >= 400:
                 raise http_error(reply.status, await reply.read(), reply.relay_headers)
-            translator = StreamTranslator(call)
-            splitter = EventSplitter()
+            translator = StreamTranslator(call, reply.relay_headers)
+            # DashScope's own events, for a recorder that keeps the provider's stream beside OpenAI's.
+            raw: list[bytes] = request.extra.setdefault("provider_stream", [])
             async for chunk in reply.chunks():
-                for event in splitter.feed(chunk):
-                    for out in translator.feed(event):
-                        yield out
-                    if translator.failed:
-                        return
-            tail = splitter.rest()
-            for out in [*(translator.feed(tail) if tail.strip() else []), *translator.end()]:
+                raw.append(chunk)
+                for out in translator.feed(chunk):
+                    yield out
+                if translator.closed:
+                    return
+            for out in translator.finish():
                 yield out
 
     async def list_models(self) -> list[dict[str, Any]]:
@@ -327,20 +327,50 @@ def _event_meta(event: bytes) -> tuple[str, int]:
 
 
 class StreamTranslator:
-    """DashScope events (with `incremental_output`: each carries only new text) to OpenAI chunks."""
+    """DashScope's SSE bytes (with `incremental_output`: each event carries only new text) to OpenAI chunks.
 
-    def __init__(self, call: ProviderCall) -> None:
+    An error before any chunk is raised as `UpstreamHTTPError`, so the client still gets an error
+    status; after that it becomes a last `data: {"error": ...}` event.
+    """
+
+    def __init__(self, call: ProviderCall, relay_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.text_mode = call.endpoint == "completions"
         self.base: dict[str, Any] = {"id": "", "object": "text_completion" if self.text_mode
                                      else "chat.completion.chunk", "created": int(time.time()),
                                      "model": call.upstream_model}
+        self.relay_headers = relay_headers or []
+        self.splitter = EventSplitter()
         self.usage: dict[str, Any] | None = None
         self.started: set[int] = set()
         self.finished: set[int] = set()
         self.tool_calls: set[tuple[int, int]] = set()
-        self.failed = False
+        self.emitted = False
+        self.closed = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        for event in self.splitter.feed(chunk):
+            out.extend(self._event(event))
+            if self.closed:
+                break
+        return out
+
+    def finish(self) -> list[bytes]:
+        """What follows the upstream's last byte: a final unterminated event, the usage chunk, [DONE]."""
+        tail = self.splitter.rest()
+        out = self._event(tail) if tail.strip() and not self.closed else []
+        if self.closed:
+            return out
+        if not self.finished:
+            return [*out, *self._fail(502, {"message": "DashScope's stream ended before a finish reason",
+                                            "code": "upstream_bad_response"})]
+        self.closed = True
+        if self.usage is not None:
+            out.append(encode_event({**self.base, "choices": [], "usage": self.usage}))
+        return [*out, DONE]
 
     def _chunk(self, index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        self.emitted = True
         if self.text_mode:
             piece: dict[str, Any] = {"index": index, "text": delta.get("content", "")}
         else:
@@ -348,10 +378,15 @@ class StreamTranslator:
         return encode_event({**self.base, "choices": [{**piece, "logprobs": None, "finish_reason": finish}]})
 
     def _fail(self, status: int, fields: dict[str, Any]) -> list[bytes]:
-        self.failed = True
-        return [b"data: " + error_payload(status if status >= 400 else 500, fields) + b"\n\n"]
+        self.closed = True
+        status = status if status >= 400 else 502
+        payload = error_payload(status, fields)
+        if not self.emitted:
+            raise UpstreamHTTPError(status, payload, f"DashScope stream failed: {fields.get('message', '')}",
+                                    relay_headers=self.relay_headers)
+        return [b"data: " + payload + b"\n\n"]
 
-    def feed(self, event: bytes) -> list[bytes]:
+    def _event(self, event: bytes) -> list[bytes]:
         name, status = _event_meta(event)
         data = event_data(event)
         if data is None:
@@ -392,26 +427,15 @@ class StreamTranslator:
         return out
 
     def _tool_deltas(self, choice: int, calls: list[Any]) -> list[dict[str, Any]]:
+        """The first fragment of a call carries its id and name; later ones only argument text."""
         deltas = []
         for position, call in enumerate(c for c in calls if isinstance(c, dict)):
             index = call.get("index", position)
-            function = call.get("function") or {}
-            arguments = function.get("arguments") or ""
-            if (choice, index) in self.tool_calls:
-                if arguments:
-                    deltas.append({"index": index, "function": {"arguments": arguments}})
+            if (choice, index) not in self.tool_calls:
+                self.tool_calls.add((choice, index))
+                deltas.append({"index": index, **_tool_call(call, index)})
                 continue
-            self.tool_calls.add((choice, index))
-            first = _tool_call(call, index)
-            deltas.append({"index": index, **first})
+            arguments = (call.get("function") or {}).get("arguments")
+            if arguments:
+                deltas.append({"index": index, "function": {"arguments": arguments}})
         return deltas
-
-    def end(self) -> list[bytes]:
-        if not self.finished:
-            return self._fail(502, {"message": "DashScope's stream ended before a finish reason",
-                                    "code": "upstream_bad_response"})
-        out = []
-        if self.usage is not None:
-            out.append(encode_event({**self.base, "choices": [], "usage": self.usage}))
-        out.append(DONE)
-        return out

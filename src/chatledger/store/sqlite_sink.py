@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, first_user_text, restarted_session_id, session_key
+from chatledger.store.checkpointer import Checkpointer
 from chatledger.store.engine import configure_sqlite_connection
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
 from chatledger.store.rows import response_fields, text
@@ -42,6 +43,8 @@ VALUES (?, ?, ?, ?, ?, ?, (SELECT parent_id FROM sessions WHERE id = ?), ?, ?, ?
 """
 
 SESSION_CACHE_SIZE = 100_000
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+WAL_HARD_LIMIT_BYTES = 256 * 1024 * 1024
 
 
 class UnknownRequest(ValueError):
@@ -60,10 +63,17 @@ class SQLiteSink:
         # request uuid -> (row id, session id) for requests whose response is not written yet.
         self._open: dict[str, tuple[int, str]] = {}
         self._connection = self._connect()
+        self._wal = path.with_name(path.name + "-wal")
+        self._checkpointer = Checkpointer(path, synchronous)
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         configure_sqlite_connection(connection, self._synchronous, self._busy_timeout_ms)
+        # SQLite would checkpoint inside the commit that crosses 1000 WAL pages, delaying every
+        # response waiting on that batch; the Checkpointer thread does it instead (see `maintain`).
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        # Shrink the WAL when it starts over, so its size on disk tells how much is left to checkpoint.
+        connection.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES // 4}")
         return connection
 
     def reconnect(self) -> None:
@@ -73,6 +83,29 @@ class SQLiteSink:
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._connection.close()
+
+    def shutdown(self) -> None:
+        self._checkpointer.stop()
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.close()
+
+    def maintain(self) -> None:
+        """Ask for a checkpoint once the WAL holds WAL_CHECKPOINT_BYTES (SQLite's own default point);
+        should the checkpointer fall far behind, checkpoint here, blocking, so the WAL stays bounded."""
+        try:
+            size = self._wal.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < WAL_CHECKPOINT_BYTES:
+            return
+        if size < WAL_HARD_LIMIT_BYTES:
+            self._checkpointer.request()
+            return
+        try:
+            self._connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise TransientStoreError(str(exc)) from exc
 
     def write(self, records: list[Record]) -> None:
         sessions: dict[str, tuple[str, int]] = {}

@@ -39,6 +39,8 @@ class Sink(Protocol):
     def write(self, records: list[Record]) -> None: ...  # one transaction, or raise
     def reconnect(self) -> None: ...
     def close(self) -> None: ...
+    def shutdown(self) -> None: ...  # close for good
+    def maintain(self) -> None: ...  # housekeeping between batches (WAL checkpoints)
 
 
 @dataclass(slots=True)
@@ -72,7 +74,9 @@ class Writer:
         self._seq = 0
         self._pending_bytes = 0
         self._pending_lock = threading.Lock()
-        self._waiters: collections.deque[tuple[int, asyncio.Future[bool]]] = collections.deque()
+        # (seq, future, deadline) in seq order; all share one timeout, so deadlines are in order too.
+        self._waiters: collections.deque[tuple[int, asyncio.Future[bool], float]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._committed_seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -108,22 +112,43 @@ class Writer:
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
         """Queue a record and wait until the batch holding it is committed (False on timeout)."""
         seq = self.submit(record, ack=True)
-        if not seq or not self.healthy or self._loop is None:
+        loop = self._loop
+        if not seq or not self.healthy or loop is None:
             return False
-        future: asyncio.Future[bool] = self._loop.create_future()
-        self._waiters.append((seq, future))
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            return False
+        future: asyncio.Future[bool] = loop.create_future()
+        # One timer for all waiters rather than one `wait_for` each: this runs for every response.
+        deadline = loop.time() + timeout
+        self._waiters.append((seq, future, deadline))
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(deadline, self._sweep)
+        return await future
+
+    def _sweep(self) -> None:
+        assert self._loop is not None
+        self._sweeper = None
+        now = self._loop.time()
+        waiters = self._waiters
+        while waiters and waiters[0][2] <= now:
+            _, future, _ = waiters.popleft()
+            if not future.done():
+                future.set_result(False)
+        if waiters:
+            self._sweeper = self._loop.call_at(waiters[0][2], self._sweep)
 
     def _on_committed(self, seq: int) -> None:
         self._committed_seq = max(self._committed_seq, seq)
         waiters = self._waiters
         while waiters and waiters[0][0] <= self._committed_seq:
-            _, future = waiters.popleft()
+            _, future, _ = waiters.popleft()
             if not future.done():
                 future.set_result(True)
+
+    def _release_waiters(self) -> None:
+        """The store is failing: nobody should wait for a commit that is not coming soon."""
+        while self._waiters:
+            _, future, _ = self._waiters.popleft()
+            if not future.done():
+                future.set_result(False)
 
     def close(self, timeout: float = 30.0) -> None:
         """Drain: everything queued is committed before this returns (or the timeout passes)."""
@@ -166,7 +191,11 @@ class Writer:
             for _ in batch:
                 pending.popleft()
             self._note_success(batch)
-        sink.close()
+            try:
+                sink.maintain()  # after the waiters of this batch were released
+            except TransientStoreError as exc:
+                log.warning("store housekeeping failed: %s", exc)
+        sink.shutdown()
 
     def _take(self, pending: collections.deque, *, block: bool, timeout: float | None = None) -> bool:
         """Move one item from the queue to `pending`; returns True when the stop marker came."""
@@ -221,6 +250,9 @@ class Writer:
         message = str(exc.__cause__ or exc)
         if self.healthy or message != self.last_error:
             log.error("store write failed, keeping records and retrying: %s", message)
+        if self.healthy and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._release_waiters)
         self.healthy = False
         self.last_error = message
 
