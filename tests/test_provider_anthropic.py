@@ -195,7 +195,7 @@ def test_chat_completion(server):
 def test_streaming_chat(server):
     body = {"model": "claude-sonnet-4-0", "stream": True, "messages": [{"role": "user", "content": "stream me please"}]}
     request, raw = drive(server.url, body)
-    assert b"event: message_start" in b"".join(request.extra["provider_stream"])  # Anthropic's own bytes
+    assert b"event: message_start" in b"".join(request.provider_stream)  # Anthropic's own bytes
     payloads = events(raw)
 
     assert payloads[-1] == b"[DONE]"

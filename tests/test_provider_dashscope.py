@@ -151,7 +151,7 @@ def test_chat_completion(server):
 def test_streaming_chat(server):
     body = {"model": "qwen-plus", "stream": True, "messages": [{"role": "user", "content": "stream me please"}]}
     request, raw = drive(server.url, body)
-    assert b":HTTP_STATUS/200" in b"".join(request.extra["provider_stream"])  # DashScope's own bytes
+    assert b":HTTP_STATUS/200" in b"".join(request.provider_stream)  # DashScope's own bytes
     payloads = events(raw)
 
     assert payloads[-1] == b"[DONE]"

@@ -17,7 +17,7 @@ import orjson
 
 from chatledger.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamHTTPError
 from chatledger.gateway.asgi import BodyTooLarge, Receive, Scope, Send, read_body, send_bytes, send_error
-from chatledger.providers import Endpoint, ProviderCall
+from chatledger.providers import Endpoint, ProviderCall, UpstreamRequest
 from chatledger.routing import Router
 from chatledger.sessions import api_key_fingerprint
 from chatledger.sse import DONE, EventSplitter, is_usage_only_chunk
@@ -172,8 +172,8 @@ async def handle_llm(context: ProxyContext, endpoint: Endpoint, scope: Scope, re
         return
     exchange.record_request(route.provider.name, route.upstream_model, upstream_request.recorded, stream)
     if stream:
-        await _relay_stream(exchange, route.provider.stream(call, upstream_request), not wants_usage, scope,
-                            receive, send)
+        await _relay_stream(exchange, upstream_request, route.provider.stream(call, upstream_request),
+                            not wants_usage, receive, send)
         return
     try:
         completion = await route.provider.complete(call, upstream_request)
@@ -196,8 +196,8 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task, state: dict[st
             return
 
 
-async def _relay_stream(exchange: Exchange, chunks: AsyncIterator[bytes], hide_usage: bool, scope: Scope,
-                        receive: Receive, send: Send) -> None:
+async def _relay_stream(exchange: Exchange, upstream_request: UpstreamRequest, chunks: AsyncIterator[bytes],
+                        hide_usage: bool, receive: Receive, send: Send) -> None:
     try:
         first = await anext(chunks, b"")
     except GatewayError as error:
@@ -249,7 +249,9 @@ async def _relay_stream(exchange: Exchange, chunks: AsyncIterator[bytes], hide_u
     rest = splitter.rest()
     if rest:
         events.append(rest)
+    raw_stream = upstream_request.provider_stream
     record = exchange.response(200, stream_events=events, ttft_ms=ttft_ms, cut=state["cut"],
+                               provider_response=b"".join(raw_stream) if raw_stream else None,
                                error=error or ("client disconnected before the end" if state["cut"] else None))
     await exchange.record_response(record)
     if not state["cut"]:

@@ -39,7 +39,8 @@ class UpstreamRequest:
     body: bytes
     # What the recorder stores as the provider request; None when `body` is the client's bytes.
     recorded: bytes | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # A translating provider keeps the upstream's own stream here, recorded beside OpenAI's chunks.
+    provider_stream: list[bytes] | None = None
 
 
 @dataclass(slots=True)

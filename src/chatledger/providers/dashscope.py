@@ -296,7 +296,7 @@ class DashScopeProvider(Provider):
                 raise http_error(reply.status, await reply.read(), reply.relay_headers)
             translator = StreamTranslator(call, reply.relay_headers)
             # DashScope's own events, for a recorder that keeps the provider's stream beside OpenAI's.
-            raw: list[bytes] = request.extra.setdefault("provider_stream", [])
+            raw = request.provider_stream = []
             async for chunk in reply.chunks():
                 raw.append(chunk)
                 for out in translator.feed(chunk):
