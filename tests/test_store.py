@@ -46,7 +46,8 @@ def test_fresh_database_gets_the_seed_schema(store):
     assert {"id", "chat_id", "parent_id", "first_user_message", "message_count", "created_at", "updated_at",
             "expires_at"} <= columns
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("SELECT value FROM metadata WHERE key = 'schema_version'").fetchone()[0] == "1"
+    version = connection.execute("SELECT value FROM metadata WHERE key = 'schema_version'").fetchone()[0]
+    assert version == str(int(migrate.head_revision()))
     assert migrate.current_revision(store.engine) == migrate.head_revision()
 
 

@@ -16,6 +16,7 @@ from chatledger.errors import MethodNotAllowed, NotFound
 from chatledger.gateway import admin
 from chatledger.gateway.asgi import Receive, Scope, Send, send_error
 from chatledger.gateway.proxy import ProxyContext, handle_llm
+from chatledger.pricing import Pricer
 from chatledger.providers import Provider, build_provider
 from chatledger.routing import Router
 from chatledger.store import Store
@@ -103,7 +104,7 @@ class ChatLedgerApp:
                 Store.open, database_path=settings.database_path, database_url=settings.database_url,
                 session_timeout_ms=settings.session_timeout, synchronous=settings.sqlite_synchronous,
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-            self.writer = Writer(self.store.sink, batch_size=settings.writer_batch_size,
+            self.writer = Writer(partial(self.store.sink, Pricer(self.config)), batch_size=settings.writer_batch_size,
                                  flush_ms=settings.writer_flush_ms,
                                  max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
                                  dead_letter_path=self.store.dead_letter_path())

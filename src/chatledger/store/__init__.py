@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from chatledger.pricing import Pricer
 from chatledger.store import migrate
 from chatledger.store.engine import create_engine
 from chatledger.store.sqlite_sink import SQLiteSink
@@ -32,11 +33,11 @@ class Store:
         return cls(engine, location, None if database_url else database_path, session_timeout_ms, synchronous,
                    busy_timeout_ms)
 
-    def sink(self) -> Sink:
+    def sink(self, pricer: Pricer | None = None) -> Sink:
         if self.database_path is None:
             raise NotImplementedError("only SQLite is supported as a recording store so far")
         return SQLiteSink(self.database_path, session_timeout_ms=self.session_timeout_ms,
-                          synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms)
+                          synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms, pricer=pricer)
 
     def dead_letter_path(self) -> Path | None:
         if self.database_path is None:

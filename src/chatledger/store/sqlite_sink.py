@@ -1,8 +1,10 @@
 """The SQLite side of the recorder: one connection, one `BEGIN IMMEDIATE` transaction per batch.
 
-Request ids are allocated here, inside the write lock, so a batch goes in with `executemany` and no
+Row ids are allocated here, inside the write lock, so a batch goes in with `executemany` and no
 per-row round trip; the session bookkeeping (message_count, expiry, parent_id) is done by the
 statements and the `responses_advance_session` trigger, so it stays right with several processes.
+Each response also gets its cost, its search-index entry and its share of the hourly rollups, in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import collections
 import contextlib
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
+from chatledger.pricing import Pricer
 from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, first_user_text, restarted_session_id, session_key
 from chatledger.store.checkpointer import Checkpointer
 from chatledger.store.engine import configure_sqlite_connection
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
-from chatledger.store.rows import response_fields, text
+from chatledger.store.rollups import UPSERT_USAGE, Exchange, RollupBatch
+from chatledger.store.rows import prompt_text, response_fields, text
 from chatledger.store.writer import TransientStoreError
 
 UPSERT_SESSION = """
@@ -36,11 +43,13 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_RESPONSE = """
-INSERT INTO responses (request_id, session_id, response_id, timestamp, provider_response, openai_response,
+INSERT INTO responses (id, request_id, session_id, response_id, timestamp, provider_response, openai_response,
                        parent_id, upstream_id, completion_tokens, prompt_tokens, total_tokens, finish_reason,
-                       error, status_code, duration_ms, ttft_ms, created_at)
-VALUES (?, ?, ?, ?, ?, ?, (SELECT parent_id FROM sessions WHERE id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       error, status_code, duration_ms, ttft_ms, cost, model, provider, api_key_hash, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT parent_id FROM sessions WHERE id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+INSERT_SEARCH = "INSERT INTO search_index (rowid, prompt, response) VALUES (?, ?, ?)"
 
 SESSION_CACHE_SIZE = 100_000
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -51,17 +60,32 @@ class UnknownRequest(ValueError):
     pass
 
 
+@dataclass(slots=True, frozen=True)
+class OpenRequest:
+    """A request row whose response is still to come: what that response's row will need."""
+
+    row_id: int
+    session_id: str
+    model: str
+    provider: str
+    upstream_model: str
+    api_key_hash: str | None
+    stream: bool
+    prompt: str  # this turn's text, for the search index
+
+
 class SQLiteSink:
     def __init__(self, path: Path, *, session_timeout_ms: int, synchronous: str = "NORMAL",
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 5000, pricer: Pricer | None = None) -> None:
         self._path = path
+        self._pricer = pricer
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._session_timeout_ms = session_timeout_ms
         # session key -> (session id, expires_at); trusted only to say "still active".
         self._sessions: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
-        # request uuid -> (row id, session id) for requests whose response is not written yet.
-        self._open: dict[str, tuple[int, str]] = {}
+        # request uuid -> what its response row needs, for requests whose response is not written yet.
+        self._open: dict[str, OpenRequest] = {}
         self._connection = self._connect()
         self._wal = path.with_name(path.name + "-wal")
         self._checkpointer = Checkpointer(path, synchronous)
@@ -109,7 +133,7 @@ class SQLiteSink:
 
     def write(self, records: list[Record]) -> None:
         sessions: dict[str, tuple[str, int]] = {}
-        opened: dict[str, tuple[int, str]] = {}
+        opened: dict[str, OpenRequest] = {}
         connection = self._connection
         try:
             connection.execute("BEGIN IMMEDIATE")
@@ -131,11 +155,10 @@ class SQLiteSink:
             self._open.pop(request_id, None)
 
     def _write_requests(self, records: list[RequestRecord], sessions: dict[str, tuple[str, int]],
-                        opened: dict[str, tuple[int, str]]) -> None:
+                        opened: dict[str, OpenRequest]) -> None:
         if not records:
             return
-        row = self._connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'requests'").fetchone()
-        next_id = (row[0] if row else 0) + 1
+        next_id = self._next_id("requests")
         now = int(time.time() * 1000)
         session_rows = []
         request_rows = []
@@ -149,7 +172,9 @@ class SQLiteSink:
                                  record.path, text(record.openai_request), text(record.provider_request),
                                  record.model, record.provider, record.upstream_model, record.stream,
                                  record.api_key_hash, now))
-            opened[record.request_id] = (next_id, session_id)
+            opened[record.request_id] = OpenRequest(next_id, session_id, record.model, record.provider,
+                                                    record.upstream_model, record.api_key_hash, record.stream,
+                                                    prompt_text(record.body, record.endpoint))
             next_id += 1
         self._connection.executemany(UPSERT_SESSION, session_rows)
         self._connection.executemany(INSERT_REQUEST, request_rows)
@@ -183,26 +208,53 @@ class SQLiteSink:
         while len(cache) > SESSION_CACHE_SIZE:
             cache.popitem(last=False)
 
-    def _write_responses(self, records: list[ResponseRecord], opened: dict[str, tuple[int, str]]) -> list[str]:
+    def _write_responses(self, records: list[ResponseRecord], opened: dict[str, OpenRequest]) -> list[str]:
         if not records:
             return []
         now = int(time.time() * 1000)
+        next_id = self._next_id("responses")
         rows = []
+        search_rows = []
+        rollups = RollupBatch()
         for record in records:
             link = opened.get(record.request_id) or self._open.get(record.request_id) \
                 or self._find_request(record.request_id)
             if link is None:
                 raise UnknownRequest(f"response {record.response_id} for unknown request {record.request_id}")
-            row_id, session_id = link
             fields = response_fields(record)
-            rows.append((row_id, session_id, record.response_id, record.timestamp, fields.provider_response,
-                         fields.openai_response, session_id, fields.upstream_id, fields.completion_tokens,
-                         fields.prompt_tokens, fields.total_tokens, fields.finish_reason, fields.error,
-                         record.status_code, record.duration_ms, record.ttft_ms, now))
+            cost = self._pricer.cost(link.provider, link.model, link.upstream_model, fields.prompt_tokens,
+                                     fields.completion_tokens, fields.cached_tokens) if self._pricer else None
+            rows.append((next_id, link.row_id, link.session_id, record.response_id, record.timestamp,
+                         fields.provider_response, fields.openai_response, link.session_id, fields.upstream_id,
+                         fields.completion_tokens, fields.prompt_tokens, fields.total_tokens, fields.finish_reason,
+                         fields.error, record.status_code, record.duration_ms, record.ttft_ms, cost, link.model,
+                         link.provider, link.api_key_hash, now))
+            if link.prompt or fields.text:
+                search_rows.append((next_id, link.prompt, fields.text))
+            rollups.add(Exchange(record.timestamp, link.model, link.provider, link.api_key_hash,
+                                 fields.error is not None, link.stream, fields.prompt_tokens,
+                                 fields.completion_tokens, fields.total_tokens, cost, record.duration_ms))
+            next_id += 1
         self._connection.executemany(INSERT_RESPONSE, rows)
+        self._connection.executemany(INSERT_SEARCH, search_rows)
+        self._connection.executemany(UPSERT_USAGE, rollups.rows())
         return [record.request_id for record in records]
 
-    def _find_request(self, request_id: str) -> tuple[int, str] | None:
+    def _next_id(self, table: str) -> int:
+        """The next AUTOINCREMENT id: safe to hand out because we hold the write lock."""
+        row = self._connection.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        return (row[0] if row else 0) + 1
+
+    def _find_request(self, request_id: str) -> OpenRequest | None:
         row = self._connection.execute(
-            "SELECT id, session_id FROM requests WHERE request_id = ?", (request_id,)).fetchone()
-        return (row[0], row[1]) if row else None
+            "SELECT id, session_id, model, provider, upstream_model, api_key_hash, stream, path, openai_request "
+            "FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            body = orjson.loads(row[8])
+        except orjson.JSONDecodeError:
+            body = {}
+        endpoint = "chat" if row[7].endswith("chat/completions") else row[7].rsplit("/", 1)[-1]
+        prompt = prompt_text(body, endpoint) if isinstance(body, dict) else ""
+        return OpenRequest(row[0], row[1], row[2], row[3] or "", row[4] or "", row[5], bool(row[6]), prompt)

@@ -1,0 +1,71 @@
+"""Hourly usage rollups: the writer folds each batch into a few UPSERTs, so usage and stats never
+scan history. Counters only ever add up, so concurrent writers (replicas) cannot lose an update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOUR_MS = 3_600_000
+HISTOGRAM_BUCKETS = 20  # bucket i counts durations in [2**(i-1), 2**i) ms; bucket 0 is 0 ms
+COUNTERS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
+            "unpriced", "duration_ms_sum")
+HISTOGRAM_COLUMNS = tuple(f"h{i:02d}" for i in range(HISTOGRAM_BUCKETS))
+KEY_COLUMNS = ("bucket_start", "model", "provider", "api_key_hash")
+
+UPSERT_USAGE = (
+    f"INSERT INTO usage_hourly ({', '.join(KEY_COLUMNS + COUNTERS + HISTOGRAM_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + len(COUNTERS) + HISTOGRAM_BUCKETS))}) "
+    f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in COUNTERS + HISTOGRAM_COLUMNS)
+)
+
+
+def duration_bucket(duration_ms: int) -> int:
+    return min(HISTOGRAM_BUCKETS - 1, max(duration_ms, 0).bit_length())
+
+
+def bucket_upper_bound_ms(bucket: int) -> int:
+    return 1 << bucket
+
+
+@dataclass(slots=True)
+class Exchange:
+    timestamp: int
+    model: str
+    provider: str
+    api_key_hash: str | None
+    error: bool
+    stream: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cost: float | None
+    duration_ms: int | None
+
+
+class RollupBatch:
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, str, str, str], list[float]] = {}
+
+    def add(self, exchange: Exchange) -> None:
+        key = (exchange.timestamp - exchange.timestamp % HOUR_MS, exchange.model or "", exchange.provider or "",
+               exchange.api_key_hash or "")
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [0] * (len(COUNTERS) + HISTOGRAM_BUCKETS)
+        row[0] += 1
+        row[1] += exchange.error
+        row[2] += exchange.stream
+        row[3] += exchange.prompt_tokens or 0
+        row[4] += exchange.completion_tokens or 0
+        row[5] += exchange.total_tokens or 0
+        if exchange.cost is None:
+            row[7] += 1
+        else:
+            row[6] += exchange.cost
+        if exchange.duration_ms is not None:
+            row[8] += exchange.duration_ms
+            row[len(COUNTERS) + duration_bucket(exchange.duration_ms)] += 1
+
+    def rows(self) -> list[tuple]:
+        return [(*key, *values) for key, values in self._rows.items()]

@@ -1,0 +1,82 @@
+"""The writer's bookkeeping: cost, hourly rollups and the search index follow the rows, deletes included."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import client_for
+
+
+def _totals(gateway) -> dict:
+    [row] = gateway.rows("SELECT SUM(requests) AS requests, SUM(errors) AS errors, SUM(total_tokens) AS tokens, "
+                         "SUM(prompt_tokens) AS prompt, SUM(duration_ms_sum) AS duration, "
+                         f"SUM({' + '.join(f'h{i:02d}' for i in range(20))}) AS histogram FROM usage_hourly")
+    return dict(row)
+
+
+def _scan(gateway) -> dict:
+    [row] = gateway.rows("SELECT COUNT(*) AS requests, SUM(error IS NOT NULL) AS errors, "
+                         "SUM(COALESCE(total_tokens, 0)) AS tokens, SUM(COALESCE(prompt_tokens, 0)) AS prompt, "
+                         "SUM(duration_ms) AS duration, COUNT(duration_ms) AS histogram FROM responses")
+    return dict(row)
+
+
+def test_rollups_match_the_rows_through_writes_and_deletes(make_gateway):
+    gateway = make_gateway()
+    alice, bob = client_for(gateway, api_key="sk-alice"), client_for(gateway, api_key="sk-bob")
+    for index in range(6):
+        (alice if index % 2 else bob).chat.completions.create(
+            model="mock-1" if index < 4 else "other-model", stream=index % 3 == 0,
+            messages=[{"role": "user", "content": f"conversation {index % 3}"}])
+    httpx.post(gateway.url + "/v1/chat/completions", content=b"{broken")
+    assert _totals(gateway) == _scan(gateway)
+    assert _totals(gateway)["requests"] == 7 and _totals(gateway)["errors"] == 1
+    per_key = gateway.rows("SELECT api_key_hash, SUM(requests) AS n FROM usage_hourly GROUP BY api_key_hash "
+                           "ORDER BY api_key_hash")
+    assert sorted(r["n"] for r in per_key) == [1, 3, 3]
+    # The mock provider is free: a known price of zero, not an unknown one.
+    assert gateway.rows("SELECT SUM(unpriced) AS n FROM usage_hourly WHERE model = 'mock-1'")[0]["n"] == 0
+    assert gateway.rows("SELECT COUNT(*) AS n FROM responses WHERE cost = 0")[0]["n"] == 6
+
+    session = gateway.rows("SELECT session_id FROM requests WHERE model = 'mock-1' LIMIT 1")[0]["session_id"]
+    with gateway_connection(gateway) as connection:
+        connection.execute("DELETE FROM sessions WHERE id = ?", (session,))
+    assert _totals(gateway) == _scan(gateway)
+
+
+def test_search_index_holds_each_turn_once_and_forgets_deleted_rows(make_gateway):
+    gateway = make_gateway()
+    client = client_for(gateway)
+    history = [{"role": "system", "content": "You are a zebra expert."},
+               {"role": "user", "content": "Tell me about quagga stripes"}]
+    first = client.chat.completions.create(model="mock-1", messages=history)
+    history += [first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "user", "content": "And okapi legs?"}]
+    client.chat.completions.create(model="mock-1", messages=history)
+
+    def hits(term: str) -> list:
+        return gateway.rows("SELECT rowid FROM search_index WHERE search_index MATCH ?", term)
+
+    # Turn two resends turn one; only its new message is indexed, so each term is found once.
+    assert len(hits("quagga")) == len(hits("zebra")) == len(hits("okapi")) == 1
+    assert hits("okapi")[0]["rowid"] != hits("quagga")[0]["rowid"]
+    [second] = gateway.rows("SELECT prompt, response FROM search_index WHERE search_index MATCH 'okapi'")
+    assert second["prompt"] == "And okapi legs?" and "okapi" in second["response"]
+    with gateway_connection(gateway) as connection:
+        connection.execute("DELETE FROM sessions")
+    assert hits("quagga") == [] and gateway.count("responses") == 0
+
+
+class gateway_connection:  # noqa: N801 - reads as a context manager
+    def __init__(self, gateway) -> None:
+        import sqlite3
+
+        self.connection = sqlite3.connect(gateway.db_path)
+        self.connection.execute("PRAGMA foreign_keys=ON")
+
+    def __enter__(self):
+        return self.connection
+
+    def __exit__(self, *exc) -> None:
+        self.connection.commit()
+        self.connection.close()
