@@ -26,6 +26,7 @@ from chatledger.store.writer import Writer
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
+ERROR_EVENT = b'data: {"error"'
 REQUIRED_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 
 
@@ -209,6 +210,7 @@ async def _relay_stream(exchange: Exchange, upstream_request: UpstreamRequest, c
     ttft_ms: int | None = None
     saw_done = False
     error: str | None = None
+    tail = b""
     state = {"cut": False, "finished": False}
     task = asyncio.current_task()
     assert task is not None
@@ -222,6 +224,8 @@ async def _relay_stream(exchange: Exchange, upstream_request: UpstreamRequest, c
                     events.append(event)
                     if b"[DONE]" in event and event.strip() == DONE.strip():
                         saw_done = True  # held back until the exchange is committed
+                    elif event.startswith(ERROR_EVENT):
+                        tail = event  # an error ends the stream: held back the same way
                     elif not (hide_usage and is_usage_only_chunk(event)):
                         out.append(event)
                 if out:
@@ -234,9 +238,9 @@ async def _relay_stream(exchange: Exchange, upstream_request: UpstreamRequest, c
                 break
     except UpstreamError as exc:
         error = exc.message
-        payload = b"data: " + exc.body() + b"\n\n"
-        events.append(payload)
-        await send({"type": "http.response.body", "body": payload, "more_body": True})
+        # The error event ends this stream: like [DONE], it goes out once the exchange is committed.
+        tail = b"data: " + exc.body() + b"\n\n"
+        events.append(tail)
     except asyncio.CancelledError:
         if not state["cut"]:
             raise
@@ -255,4 +259,5 @@ async def _relay_stream(exchange: Exchange, upstream_request: UpstreamRequest, c
                                error=error or ("client disconnected before the end" if state["cut"] else None))
     await exchange.record_response(record)
     if not state["cut"]:
-        await send({"type": "http.response.body", "body": rest + (DONE if saw_done else b""), "more_body": False})
+        final = rest + (tail or (DONE if saw_done else b""))
+        await send({"type": "http.response.body", "body": final, "more_body": False})

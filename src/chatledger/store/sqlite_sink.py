@@ -1,8 +1,9 @@
 """The SQLite side of the recorder: one connection, one `BEGIN IMMEDIATE` transaction per batch.
 
 Row ids are allocated here, inside the write lock, so a batch goes in with `executemany` and no
-per-row round trip; the session bookkeeping (message_count, expiry, parent_id) is done by the
-statements and the `responses_advance_session` trigger, so it stays right with several processes.
+per-row round trip. Session bookkeeping is folded per batch: one UPSERT per session for its new
+requests (message_count adds up, so it stays right with several processes) and one UPDATE per
+session for its newest answer (parent_id), instead of a row write per exchange.
 Each response also gets its cost, its search-index entry and its share of the hourly rollups, in
 the same transaction.
 """
@@ -30,11 +31,13 @@ from chatledger.store.writer import TransientStoreError
 UPSERT_SESSION = """
 INSERT INTO sessions (id, session_key, first_user_message, api_key_hash, message_count,
                       created_at, updated_at, expires_at)
-VALUES (?, ?, ?, ?, 1, ?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET message_count = message_count + 1,
-                              updated_at = MAX(updated_at, excluded.updated_at),
-                              expires_at = MAX(expires_at, excluded.expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET message_count = sessions.message_count + excluded.message_count,
+                              updated_at = MAX(sessions.updated_at, excluded.updated_at),
+                              expires_at = MAX(sessions.expires_at, excluded.expires_at)
 """
+
+ADVANCE_SESSION = "UPDATE sessions SET parent_id = ?, chat_id = COALESCE(chat_id, ?) WHERE id = ?"
 
 INSERT_REQUEST = """
 INSERT INTO requests (id, session_id, request_id, timestamp, method, path, openai_request,
@@ -46,7 +49,7 @@ INSERT_RESPONSE = """
 INSERT INTO responses (id, request_id, session_id, response_id, timestamp, provider_response, openai_response,
                        parent_id, upstream_id, completion_tokens, prompt_tokens, total_tokens, finish_reason,
                        error, status_code, duration_ms, ttft_ms, cost, model, provider, api_key_hash, created_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT parent_id FROM sessions WHERE id = ?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 INSERT_SEARCH = "INSERT INTO search_index (rowid, prompt, response) VALUES (?, ?, ?)"
@@ -160,14 +163,20 @@ class SQLiteSink:
             return
         next_id = self._next_id("requests")
         now = int(time.time() * 1000)
-        session_rows = []
+        session_rows: dict[str, list] = {}
         request_rows = []
         for record in records:
             first_text = first_user_text(record.body, record.endpoint)
             session_id, key = self._resolve_session(record, first_text, sessions)
             expires = record.timestamp + self._session_timeout_ms
-            session_rows.append((session_id, key, first_text[:FIRST_MESSAGE_PREVIEW_CHARS], record.api_key_hash,
-                                 record.timestamp, record.timestamp, expires))
+            row = session_rows.get(session_id)
+            if row is None:
+                session_rows[session_id] = [session_id, key, first_text[:FIRST_MESSAGE_PREVIEW_CHARS],
+                                            record.api_key_hash, 1, record.timestamp, record.timestamp, expires]
+            else:
+                row[4] += 1
+                row[6] = max(row[6], record.timestamp)
+                row[7] = max(row[7], expires)
             request_rows.append((next_id, session_id, record.request_id, record.timestamp, record.method,
                                  record.path, text(record.openai_request), text(record.provider_request),
                                  record.model, record.provider, record.upstream_model, record.stream,
@@ -176,7 +185,7 @@ class SQLiteSink:
                                                     record.upstream_model, record.api_key_hash, record.stream,
                                                     prompt_text(record.body, record.endpoint))
             next_id += 1
-        self._connection.executemany(UPSERT_SESSION, session_rows)
+        self._connection.executemany(UPSERT_SESSION, list(session_rows.values()))
         self._connection.executemany(INSERT_REQUEST, request_rows)
 
     def _resolve_session(self, record: RequestRecord, first_text: str,
@@ -216,16 +225,23 @@ class SQLiteSink:
         rows = []
         search_rows = []
         rollups = RollupBatch()
-        for record in records:
-            link = opened.get(record.request_id) or self._open.get(record.request_id) \
-                or self._find_request(record.request_id)
+        links = [opened.get(r.request_id) or self._open.get(r.request_id) or self._find_request(r.request_id)
+                 for r in records]
+        # Each answer's parent is the session's previous answer: from this batch, else from the table.
+        parents = self._parents({link.session_id for link in links if link is not None})
+        advanced: dict[str, tuple[str, str | None]] = {}
+        for record, link in zip(records, links, strict=True):
             if link is None:
                 raise UnknownRequest(f"response {record.response_id} for unknown request {record.request_id}")
             fields = response_fields(record)
+            parent_id = parents.get(link.session_id)
+            if fields.error is None:
+                parents[link.session_id] = record.response_id
+                advanced[link.session_id] = (record.response_id, fields.upstream_id)
             cost = self._pricer.cost(link.provider, link.model, link.upstream_model, fields.prompt_tokens,
                                      fields.completion_tokens, fields.cached_tokens) if self._pricer else None
             rows.append((next_id, link.row_id, link.session_id, record.response_id, record.timestamp,
-                         fields.provider_response, fields.openai_response, link.session_id, fields.upstream_id,
+                         fields.provider_response, fields.openai_response, parent_id, fields.upstream_id,
                          fields.completion_tokens, fields.prompt_tokens, fields.total_tokens, fields.finish_reason,
                          fields.error, record.status_code, record.duration_ms, record.ttft_ms, cost, link.model,
                          link.provider, link.api_key_hash, now))
@@ -236,9 +252,21 @@ class SQLiteSink:
                                  fields.completion_tokens, fields.total_tokens, cost, record.duration_ms))
             next_id += 1
         self._connection.executemany(INSERT_RESPONSE, rows)
+        self._connection.executemany(ADVANCE_SESSION, [(response_id, upstream_id, session_id)
+                                                       for session_id, (response_id, upstream_id) in advanced.items()])
         self._connection.executemany(INSERT_SEARCH, search_rows)
         self._connection.executemany(UPSERT_USAGE, rollups.rows())
         return [record.request_id for record in records]
+
+    def _parents(self, session_ids: set[str]) -> dict[str, str | None]:
+        parents: dict[str, str | None] = {}
+        ids = list(session_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            placeholders = ", ".join("?" * len(chunk))
+            parents.update(self._connection.execute(
+                f"SELECT id, parent_id FROM sessions WHERE id IN ({placeholders})", chunk).fetchall())
+        return parents
 
     def _next_id(self, table: str) -> int:
         """The next AUTOINCREMENT id: safe to hand out because we hold the write lock."""

@@ -107,38 +107,10 @@ def upgrade() -> None:
     op.create_index("idx_responses_timestamp", "responses", ["timestamp"])
     op.create_index("idx_responses_created_at", "responses", ["created_at"])
 
-    # Each successful answer becomes the session's new parent: the next turn links to it.
-    if sqlite:
-        op.execute("""
-            CREATE TRIGGER responses_advance_session AFTER INSERT ON responses
-            WHEN NEW.error IS NULL
-            BEGIN
-              UPDATE sessions SET parent_id = NEW.response_id,
-                                  chat_id = COALESCE(chat_id, NEW.upstream_id)
-              WHERE id = NEW.session_id;
-            END
-        """)
-    else:
-        op.execute("""
-            CREATE FUNCTION responses_advance_session() RETURNS trigger AS $$
-            BEGIN
-              UPDATE sessions SET parent_id = NEW.response_id,
-                                  chat_id = COALESCE(chat_id, NEW.upstream_id)
-              WHERE id = NEW.session_id;
-              RETURN NULL;
-            END $$ LANGUAGE plpgsql
-        """)
-        op.execute("""
-            CREATE TRIGGER responses_advance_session AFTER INSERT ON responses
-            FOR EACH ROW WHEN (NEW.error IS NULL) EXECUTE FUNCTION responses_advance_session()
-        """)
     op.execute(sa.text("INSERT INTO metadata (key, value, updated_at) VALUES ('schema_version', '1', :now)")
                .bindparams(now=int(time.time() * 1000)))
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "sqlite":
-        op.execute("DROP TRIGGER IF EXISTS responses_advance_session ON responses")
-        op.execute("DROP FUNCTION IF EXISTS responses_advance_session()")
     for table in ("responses", "requests", "sessions", "settings", "metadata"):
         op.drop_table(table)
