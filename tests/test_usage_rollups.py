@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from tests.conftest import client_for
@@ -57,6 +59,11 @@ def test_search_index_holds_each_turn_once_and_forgets_deleted_rows(make_gateway
     def hits(term: str) -> list:
         return gateway.rows("SELECT rowid FROM search_index WHERE search_index MATCH ?", term)
 
+    # The index is filled just behind the recorder's commits (search_indexer.py): wait for it.
+    deadline = time.monotonic() + 10
+    while not hits("okapi") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
     # Turn two resends turn one; only its new message is indexed, so each term is found once.
     assert len(hits("quagga")) == len(hits("zebra")) == len(hits("okapi")) == 1
     assert hits("okapi")[0]["rowid"] != hits("quagga")[0]["rowid"]
@@ -67,7 +74,7 @@ def test_search_index_holds_each_turn_once_and_forgets_deleted_rows(make_gateway
     assert hits("quagga") == [] and gateway.count("responses") == 0
 
 
-class gateway_connection:  # noqa: N801 - reads as a context manager
+class gateway_connection:
     def __init__(self, gateway) -> None:
         import sqlite3
 
@@ -80,3 +87,29 @@ class gateway_connection:  # noqa: N801 - reads as a context manager
     def __exit__(self, *exc) -> None:
         self.connection.commit()
         self.connection.close()
+
+
+def test_rows_a_crash_left_unindexed_are_indexed_at_the_next_start(tmp_path):
+    from chatledger.store import Store
+
+    store = Store.open(database_path=tmp_path / "ledger.db", session_timeout_ms=60_000)
+    connection = store.engine.raw_connection()
+    cursor = connection.cursor()
+    cursor.execute("INSERT INTO sessions (id, session_key, message_count, created_at, updated_at, expires_at) "
+                   "VALUES ('s', 's', 1, 1, 1, 2)")
+    cursor.execute("INSERT INTO requests (id, session_id, request_id, timestamp, method, path, openai_request, "
+                   "model, stream, created_at) VALUES (1, 's', 'r', 1, 'POST', '/v1/chat/completions', "
+                   "'{\"messages\": [{\"role\": \"user\", \"content\": \"find the narwhal\"}]}', 'm', 0, 1)")
+    cursor.execute("INSERT INTO responses (id, request_id, session_id, response_id, timestamp, openai_response, "
+                   "created_at) VALUES (1, 1, 's', 'x', 1, "
+                   "'{\"choices\": [{\"message\": {\"content\": \"a tusked whale\"}}]}', 1)")
+    connection.commit()
+    connection.close()
+
+    sink = store.sink()  # as a restarted gateway's recorder would
+    sink.maintain(idle=True)
+    sink.shutdown()
+    with gateway_connection(type("G", (), {"db_path": tmp_path / "ledger.db"})) as check:
+        assert check.execute("SELECT rowid FROM search_index WHERE search_index MATCH 'narwhal'").fetchall() == [(1,)]
+        assert check.execute("SELECT rowid FROM search_index WHERE search_index MATCH 'tusked'").fetchall() == [(1,)]
+    store.close()

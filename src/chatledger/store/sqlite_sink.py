@@ -26,6 +26,7 @@ from chatledger.store.engine import configure_sqlite_connection
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
 from chatledger.store.rollups import UPSERT_USAGE, Exchange, RollupBatch
 from chatledger.store.rows import prompt_text, response_fields, text
+from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.writer import TransientStoreError
 
 UPSERT_SESSION = """
@@ -52,7 +53,6 @@ INSERT INTO responses (id, request_id, session_id, response_id, timestamp, provi
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
-INSERT_SEARCH = "INSERT INTO search_index (rowid, prompt, response) VALUES (?, ?, ?)"
 
 SESSION_CACHE_SIZE = 100_000
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -92,6 +92,7 @@ class SQLiteSink:
         self._connection = self._connect()
         self._wal = path.with_name(path.name + "-wal")
         self._checkpointer = Checkpointer(path, synchronous)
+        self._search = SearchIndexer(self._connection)
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -112,12 +113,24 @@ class SQLiteSink:
             self._connection.close()
 
     def shutdown(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            while self._search.due(idle=True):
+                self._search.run(self._connection)
         self._checkpointer.stop()
         with contextlib.suppress(sqlite3.Error):
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.close()
 
-    def maintain(self) -> None:
+    def maintain(self, idle: bool) -> None:
+        """Between batches: feed the search index, then keep the WAL bounded."""
+        try:
+            if self._search.due(idle):
+                self._search.run(self._connection)
+        except sqlite3.DatabaseError as exc:
+            raise TransientStoreError(str(exc)) from exc
+        self._checkpoint_if_needed()
+
+    def _checkpoint_if_needed(self) -> None:
         """Ask for a checkpoint once the WAL holds WAL_CHECKPOINT_BYTES (SQLite's own default point);
         should the checkpointer fall far behind, checkpoint here, blocking, so the WAL stays bounded."""
         try:
@@ -142,7 +155,8 @@ class SQLiteSink:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 self._write_requests([r for r in records if isinstance(r, RequestRecord)], sessions, opened)
-                closed = self._write_responses([r for r in records if isinstance(r, ResponseRecord)], opened)
+                closed, search_rows = self._write_responses(
+                    [r for r in records if isinstance(r, ResponseRecord)], opened)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -152,6 +166,7 @@ class SQLiteSink:
             raise
         except sqlite3.DatabaseError as exc:  # locked, busy, read-only, disk full, I/O
             raise TransientStoreError(str(exc)) from exc
+        self._search.add(search_rows)
         self._remember_sessions(sessions)
         self._open.update(opened)
         for request_id in closed:
@@ -217,9 +232,10 @@ class SQLiteSink:
         while len(cache) > SESSION_CACHE_SIZE:
             cache.popitem(last=False)
 
-    def _write_responses(self, records: list[ResponseRecord], opened: dict[str, OpenRequest]) -> list[str]:
+    def _write_responses(self, records: list[ResponseRecord], opened: dict[str, OpenRequest]
+                         ) -> tuple[list[str], list[tuple[int, str, str]]]:
         if not records:
-            return []
+            return [], []
         now = int(time.time() * 1000)
         next_id = self._next_id("responses")
         rows = []
@@ -254,9 +270,8 @@ class SQLiteSink:
         self._connection.executemany(INSERT_RESPONSE, rows)
         self._connection.executemany(ADVANCE_SESSION, [(response_id, upstream_id, session_id)
                                                        for session_id, (response_id, upstream_id) in advanced.items()])
-        self._connection.executemany(INSERT_SEARCH, search_rows)
         self._connection.executemany(UPSERT_USAGE, rollups.rows())
-        return [record.request_id for record in records]
+        return [record.request_id for record in records], search_rows
 
     def _parents(self, session_ids: set[str]) -> dict[str, str | None]:
         parents: dict[str, str | None] = {}

@@ -40,7 +40,7 @@ class Sink(Protocol):
     def reconnect(self) -> None: ...
     def close(self) -> None: ...
     def shutdown(self) -> None: ...  # close for good
-    def maintain(self) -> None: ...  # housekeeping between batches (WAL checkpoints)
+    def maintain(self, idle: bool) -> None: ...  # housekeeping between batches (search index, WAL)
 
 
 @dataclass(slots=True)
@@ -192,7 +192,8 @@ class Writer:
                 pending.popleft()
             self._note_success(batch)
             try:
-                sink.maintain()  # after the waiters of this batch were released
+                # After the waiters of this batch were released; `idle` when nothing else is queued.
+                sink.maintain(idle=not pending and self._queue.empty())
             except TransientStoreError as exc:
                 log.warning("store housekeeping failed: %s", exc)
         sink.shutdown()

@@ -1,0 +1,100 @@
+"""The full-text index, filled behind the recorder rather than inside its transactions.
+
+FTS5 is the costliest part of recording (tokenizing, then flushing a segment at every commit), and
+it costs less per row in big transactions. So the writer commits the exchange rows (and releases
+the responses waiting on them) first, and this indexer adds the batch's text in its own
+transaction: at once when the writer is idle, else every `max_rows` rows or `max_delay` seconds.
+A watermark in `metadata` (`search_indexed_through`, the highest response id indexed) lets a
+restarted gateway index from the stored rows whatever a crash left out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import orjson
+
+from chatledger.store.rows import answer_text, prompt_text
+
+INSERT_SEARCH = ("INSERT INTO search_index (rowid, prompt, response) "
+                 "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM responses WHERE id = ?)")
+SET_WATERMARK = ("INSERT INTO metadata (key, value, updated_at) VALUES ('search_indexed_through', ?, ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")
+CATCH_UP_CHUNK = 2000
+
+
+def _endpoint(path: str) -> str:
+    return "chat" if path.endswith("chat/completions") else path.rsplit("/", 1)[-1]
+
+
+def _loads(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class SearchIndexer:
+    def __init__(self, connection: sqlite3.Connection, *, max_rows: int = 4096, max_delay: float = 1.0) -> None:
+        self._max_rows = max_rows
+        self._max_delay = max_delay
+        self._backlog: list[tuple[int, str, str, int]] = []
+        self._oldest = 0.0
+        row = connection.execute("SELECT value FROM metadata WHERE key = 'search_indexed_through'").fetchone()
+        # Rows above the watermark that are not in the backlog were committed before a crash.
+        self._catch_up_after: int | None = int(row[0]) if row else 0
+
+    def add(self, rows: list[tuple[int, str, str]]) -> None:
+        if rows and not self._backlog:
+            self._oldest = time.monotonic()
+        self._backlog.extend((row_id, prompt, response, row_id) for row_id, prompt, response in rows)
+
+    def due(self, idle: bool) -> bool:
+        if self._catch_up_after is not None:
+            return True
+        if not self._backlog:
+            return False
+        return idle or len(self._backlog) >= self._max_rows or time.monotonic() - self._oldest >= self._max_delay
+
+    def run(self, connection: sqlite3.Connection) -> None:
+        """Index one chunk, in its own transaction. The caller maps sqlite3 errors (the backlog stays)."""
+        if self._catch_up_after is not None:
+            self._catch_up(connection)
+            return
+        rows = self._backlog
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(INSERT_SEARCH, rows)
+            connection.execute(SET_WATERMARK, (str(max(row[0] for row in rows)), int(time.time() * 1000)))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        self._backlog = []
+
+    def _catch_up(self, connection: sqlite3.Connection) -> None:
+        after = self._catch_up_after
+        assert after is not None
+        pending = {row[0] for row in self._backlog}
+        rows = connection.execute(
+            "SELECT s.id, q.path, q.openai_request, s.openai_response FROM responses s "
+            "JOIN requests q ON q.id = s.request_id WHERE s.id > ? ORDER BY s.id LIMIT ?",
+            (after, CATCH_UP_CHUNK)).fetchall()
+        found = [(row_id, prompt_text(_loads(request), _endpoint(path)), answer_text(_loads(response)), row_id)
+                 for row_id, path, request, response in rows if row_id not in pending]
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.executemany(INSERT_SEARCH, found)
+            if rows:
+                connection.execute(SET_WATERMARK, (str(rows[-1][0]), int(time.time() * 1000)))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        self._catch_up_after = rows[-1][0] if len(rows) == CATCH_UP_CHUNK else None
