@@ -281,6 +281,8 @@ def test_upstream_error_is_relayed_as_an_openai_error_and_recorded(gateway, clie
     assert response["status_code"] == status and response["error"] == f"Fake failure {model}"
     assert response["finish_reason"] == "error" and response["duration_ms"] >= 0
     assert json.loads(response["openai_response"])["error"]["message"] == f"Fake failure {model}"
+    # ... and Anthropic's own error body is kept beside the translation.
+    assert json.loads(response["provider_response"])["error"]["type"] == kind
 
 
 def test_mid_stream_error_ends_the_stream_with_an_error_event(gateway, client):

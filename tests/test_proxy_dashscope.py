@@ -238,6 +238,9 @@ def test_upstream_error_is_relayed_as_an_openai_error_and_recorded(gateway, clie
     assert response["status_code"] == status and response["error"] == f"Fake failure {model}"
     assert response["finish_reason"] == "error" and response["duration_ms"] >= 0
     assert json.loads(response["openai_response"])["error"]["message"] == f"Fake failure {model}"
+    # ... and DashScope's own error body, request_id and all, is kept beside the translation.
+    native = response["provider_response"]
+    assert native and json.loads(native.split("data:")[-1] if stream else native)["code"] == code
 
 
 def test_mid_stream_error_ends_the_stream_with_an_error_event(gateway, client):

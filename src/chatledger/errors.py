@@ -93,10 +93,13 @@ class UpstreamHTTPError(UpstreamError):
         *,
         content_type: bytes = b"application/json",
         relay_headers: list[tuple[bytes, bytes]] | None = None,
+        provider_body: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.payload = payload
+        # The upstream's own error body, when `payload` is a translation of it (kept for the record).
+        self.provider_body = provider_body
         self.content_type = content_type
         self.relay_headers = relay_headers or []
 

@@ -142,8 +142,11 @@ class Exchange:
         if not self.recorded_request:
             self.record_request("", "", None, bool(self.body.get("stream")))
         # An upstream's own error message (in its body) says more than ours; the writer extracts it.
-        message = None if isinstance(error, UpstreamHTTPError) else error.message
-        await self.record_response(self.response(error.status, openai_response=error.body(), error=message))
+        upstream = isinstance(error, UpstreamHTTPError)
+        message = None if upstream else error.message
+        provider_body = error.provider_body if upstream else None
+        await self.record_response(self.response(error.status, openai_response=error.body(), error=message,
+                                                 provider_response=provider_body))
         await send_error(send, error, self.id_header())
 
 

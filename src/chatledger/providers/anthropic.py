@@ -58,7 +58,7 @@ def http_error(status: int, body: bytes, relay_headers: list[tuple[bytes, bytes]
     error = _error_of(body)
     return UpstreamHTTPError(status, error_payload(status, error),
                              f"Anthropic answered HTTP {status}: {error.get('message', '')}",
-                             relay_headers=relay_headers)
+                             relay_headers=relay_headers, provider_body=body)
 
 
 def _text(content: Any) -> str:

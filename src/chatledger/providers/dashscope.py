@@ -61,7 +61,7 @@ def http_error(status: int, body: bytes, relay_headers: list[tuple[bytes, bytes]
     fields = _error_fields(body)
     return UpstreamHTTPError(status, error_payload(status, fields),
                              f"DashScope answered HTTP {status}: {fields.get('message', '')}",
-                             relay_headers=relay_headers)
+                             relay_headers=relay_headers, provider_body=body)
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
