@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from chatledger.api import build_query_api
 from chatledger.config import GatewayConfig, Settings, load_gateway_config
 from chatledger.errors import MethodNotAllowed, NotFound
 from chatledger.gateway import admin
@@ -112,6 +113,8 @@ class ChatLedgerApp:
             self.proxy.writer = self.writer
             await self.refresh_settings()
             self._background.append(asyncio.create_task(self._poll_settings()))
+        if settings.enable_crud_api and self.store is not None:
+            self.fallback = build_query_api(self)
 
     async def shutdown(self) -> None:
         for task in self._background:

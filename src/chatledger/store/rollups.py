@@ -8,7 +8,7 @@ from dataclasses import dataclass
 HOUR_MS = 3_600_000
 HISTOGRAM_BUCKETS = 20  # bucket i counts durations in [2**(i-1), 2**i) ms; bucket 0 is 0 ms
 COUNTERS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
-            "unpriced", "duration_ms_sum")
+            "unpriced", "duration_ms_sum", "ttft_ms_sum", "ttft_count")
 HISTOGRAM_COLUMNS = tuple(f"h{i:02d}" for i in range(HISTOGRAM_BUCKETS))
 KEY_COLUMNS = ("bucket_start", "model", "provider", "api_key_hash")
 
@@ -41,6 +41,7 @@ class Exchange:
     total_tokens: int | None
     cost: float | None
     duration_ms: int | None
+    ttft_ms: int | None = None
 
 
 class RollupBatch:
@@ -63,6 +64,9 @@ class RollupBatch:
             row[7] += 1
         else:
             row[6] += exchange.cost
+        if exchange.ttft_ms is not None:
+            row[9] += exchange.ttft_ms
+            row[10] += 1
         if exchange.duration_ms is not None:
             row[8] += exchange.duration_ms
             row[len(COUNTERS) + duration_bucket(exchange.duration_ms)] += 1

@@ -74,6 +74,24 @@ responses = sa.Table(
     sa.Column("duration_ms", sa.Integer),
     sa.Column("ttft_ms", sa.Integer),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # Migration 0002: the answer's cost (USD; NULL when unknown) and its request's attributes.
+    sa.Column("cost", sa.Float),
+    sa.Column("model", sa.Text),
+    sa.Column("provider", sa.Text),
+    sa.Column("api_key_hash", sa.Text),
+)
+
+# Migration 0002: the writer's hourly rollups (chatledger.store.rollups).
+usage_hourly = sa.Table(
+    "usage_hourly", metadata,
+    sa.Column("bucket_start", sa.BigInteger, primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("api_key_hash", sa.Text, primary_key=True),
+    *(sa.Column(name, sa.Float if name == "cost" else sa.BigInteger, nullable=False)
+      for name in ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
+                   "unpriced", "duration_ms_sum", "ttft_ms_sum", "ttft_count")),
+    *(sa.Column(f"h{i:02d}", sa.BigInteger, nullable=False) for i in range(20)),
 )
 
 settings = sa.Table(

@@ -265,7 +265,8 @@ class SQLiteSink:
                 search_rows.append((next_id, link.prompt, fields.text))
             rollups.add(Exchange(record.timestamp, link.model, link.provider, link.api_key_hash,
                                  fields.error is not None, link.stream, fields.prompt_tokens,
-                                 fields.completion_tokens, fields.total_tokens, cost, record.duration_ms))
+                                 fields.completion_tokens, fields.total_tokens, cost, record.duration_ms,
+                                 record.ttft_ms))
             next_id += 1
         self._connection.executemany(INSERT_RESPONSE, rows)
         self._connection.executemany(ADVANCE_SESSION, [(response_id, upstream_id, session_id)

@@ -57,6 +57,8 @@ def upgrade() -> None:
         sa.Column("cost", sa.Float, nullable=False, server_default="0"),
         sa.Column("unpriced", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("duration_ms_sum", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("ttft_ms_sum", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("ttft_count", sa.BigInteger, nullable=False, server_default="0"),
         *histogram,
         sa.PrimaryKeyConstraint("bucket_start", "model", "provider", "api_key_hash"),
     )
@@ -78,6 +80,8 @@ def upgrade() -> None:
                 cost = cost - COALESCE(OLD.cost, 0),
                 unpriced = unpriced - (OLD.cost IS NULL),
                 duration_ms_sum = duration_ms_sum - COALESCE(OLD.duration_ms, 0),
+                ttft_ms_sum = ttft_ms_sum - COALESCE(OLD.ttft_ms, 0),
+                ttft_count = ttft_count - (OLD.ttft_ms IS NOT NULL),
                 {histogram}
               WHERE bucket_start = OLD.timestamp - OLD.timestamp % 3600000
                 AND model = COALESCE(OLD.model, '') AND provider = COALESCE(OLD.provider, '')

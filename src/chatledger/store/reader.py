@@ -1,0 +1,392 @@
+"""The read side of the store: every query the query API makes, as SQLAlchemy Core.
+
+Lists are ordered by (sort key, id) and paged either by offset or by keyset: a cursor holds the
+last row's sort key and id, so a page deep into millions of rows costs what the first one does.
+Indexes each query relies on are named where the query is built (0001_initial.py creates them).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import sqlalchemy as sa
+
+from chatledger.errors import InvalidRequest
+from chatledger.store.schema import requests, responses, sessions, usage_hourly
+
+Sort = Literal["time", "duration"]
+Order = Literal["asc", "desc"]
+MAX_ROW_ID = 2**63 - 1
+
+SESSION_COLUMNS = (sessions.c.id, sessions.c.chat_id, sessions.c.parent_id, sessions.c.first_user_message,
+                   sessions.c.api_key_hash, sessions.c.message_count, sessions.c.created_at,
+                   sessions.c.updated_at, sessions.c.expires_at)
+REQUEST_COLUMNS = (requests.c.id, requests.c.request_id, requests.c.session_id, requests.c.timestamp,
+                   requests.c.method, requests.c.path, requests.c.model, requests.c.provider,
+                   requests.c.upstream_model, requests.c.stream, requests.c.api_key_hash, requests.c.created_at)
+# `qwen_request`/`qwen_response` are virtual columns on SQLite only; computing them here works everywhere.
+REQUEST_BODIES = (requests.c.openai_request, requests.c.provider_request,
+                  sa.func.coalesce(requests.c.provider_request, requests.c.openai_request).label("qwen_request"))
+RESPONSE_COLUMNS = (responses.c.id, responses.c.response_id, responses.c.request_id, responses.c.session_id,
+                    responses.c.timestamp, responses.c.duration_ms, responses.c.ttft_ms, responses.c.prompt_tokens,
+                    responses.c.completion_tokens, responses.c.total_tokens, responses.c.finish_reason,
+                    responses.c.error, responses.c.status_code, responses.c.parent_id, responses.c.upstream_id,
+                    responses.c.created_at)
+RESPONSE_BODIES = (responses.c.openai_response, responses.c.provider_response,
+                   sa.func.coalesce(responses.c.provider_response, responses.c.openai_response).label("qwen_response"))
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"
+
+    def __init__(self, message: str = "The cursor is not one this list handed out with these sort parameters.") \
+            -> None:
+        super().__init__(message, param="cursor")
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    model: str | None = None
+    provider: str | None = None
+    session_id: str | None = None
+    api_key_hash: str | None = None
+    status: Literal["ok", "error"] | None = None
+    since: int | None = None  # ms, inclusive (`from`)
+    until: int | None = None  # ms, exclusive (`to`)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    limit: int = 50
+    offset: int = 0
+    cursor: str | None = None
+    sort: Sort = "time"
+    order: Order = "desc"
+
+
+@dataclass(slots=True)
+class Page:
+    rows: list[dict[str, Any]]
+    total: int
+    next_cursor: str | None = None
+    has_more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    sort: str
+    order: str
+    key: int
+    id: int | str
+    total: int
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.sort, self.order, self.key, self.id, self.total])
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    @classmethod
+    def decode(cls, text: str, sort: str, order: str, id_type: type[int] | type[str]) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            sort_, order_, key, id_, total = orjson.loads(raw)
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise InvalidCursor() from exc
+        if (sort_, order_) != (sort, order):
+            raise InvalidCursor("This cursor was made with another sort or order; pass the same ones again.")
+        good_id = _is_int(id_) if id_type is int else isinstance(id_, str)
+        if not (_is_int(key) and good_id and _is_int(total) and total >= 0):
+            raise InvalidCursor()
+        return cls(sort_, order_, key, id_, total)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_ROW_ID
+
+
+def _after(key: sa.ColumnElement[Any], id_column: sa.ColumnElement[Any], cursor: Cursor,
+           descending: bool) -> sa.ColumnElement[bool]:
+    """Rows strictly past the cursor, written so the first term is an index range on the sort key."""
+    if descending:
+        return sa.and_(key <= cursor.key, sa.or_(key < cursor.key, id_column < cursor.id))
+    return sa.and_(key >= cursor.key, sa.or_(key > cursor.key, id_column > cursor.id))
+
+
+def _status(error: sa.ColumnElement[Any], status: str) -> sa.ColumnElement[bool]:
+    return error.is_not(None) if status == "error" else error.is_(None)
+
+
+def _ref(ref: str, row_id: sa.ColumnElement[Any], uuid: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+    """An id in a URL is either the integer row id or the UUID the gateway handed out (each indexed)."""
+    if ref.isascii() and ref.isdigit():
+        number = int(ref)
+        return row_id == number if number <= MAX_ROW_ID else None
+    return uuid == ref
+
+
+class Reader:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # -- paging -------------------------------------------------------------------------------------
+
+    def _page(self, columns: tuple[Any, ...], from_: sa.FromClause, where: list[sa.ColumnElement[bool]],
+              keys: dict[str, sa.ColumnElement[Any]], id_column: sa.ColumnElement[Any], page: PageRequest) -> Page:
+        key = keys[page.sort]
+        descending = page.order == "desc"
+        query = sa.select(*columns, key.label("sort_key")).select_from(from_).where(*where)
+        with self.engine.connect() as connection:
+            if page.cursor is None:
+                # COUNT only on the first page; later pages carry the figure in their cursor.
+                total = connection.execute(sa.select(sa.func.count()).select_from(from_).where(*where)).scalar_one()
+                query = query.offset(page.offset)
+            else:
+                id_type = str if isinstance(id_column.type, sa.Text) else int
+                cursor = Cursor.decode(page.cursor, page.sort, page.order, id_type)
+                total = cursor.total
+                query = query.where(_after(key, id_column, cursor, descending))
+            ordering = (key.desc(), id_column.desc()) if descending else (key.asc(), id_column.asc())
+            # One row more than asked tells whether there is a next page.
+            rows = [dict(r) for r in connection.execute(query.order_by(*ordering).limit(page.limit + 1)).mappings()]
+        has_more = len(rows) > page.limit
+        rows = rows[:page.limit]
+        keys_of_rows = [row.pop("sort_key") for row in rows]
+        next_cursor = None
+        if has_more and rows:
+            next_cursor = Cursor(page.sort, page.order, keys_of_rows[-1], rows[-1]["id"], total).encode()
+        return Page(rows, total, next_cursor, has_more)
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    def list_sessions(self, filters: Filters, page: PageRequest) -> Page:
+        where: list[sa.ColumnElement[bool]] = []
+        if filters.api_key_hash is not None:
+            where.append(sessions.c.api_key_hash == filters.api_key_hash)  # no index: a scan along created_at
+        if filters.since is not None:
+            where.append(sessions.c.created_at >= filters.since)
+        if filters.until is not None:
+            where.append(sessions.c.created_at < filters.until)
+        # These reach into the session's requests and responses through idx_requests_session_id and
+        # idx_responses_session_id, once per candidate session.
+        request_match = []
+        if filters.model is not None:
+            request_match.append(requests.c.model == filters.model)
+        if filters.provider is not None:
+            request_match.append(requests.c.provider == filters.provider)
+        if request_match:
+            where.append(sa.exists().where(requests.c.session_id == sessions.c.id, *request_match))
+        if filters.status is not None:
+            where.append(sa.exists().where(responses.c.session_id == sessions.c.id,
+                                           _status(responses.c.error, filters.status)))
+        # time: idx_sessions_created_at (PostgreSQL wants it as (created_at, id) for the tie-break);
+        # duration (the span from first to last message) has no index and sorts the filtered rows.
+        keys = {"time": sessions.c.created_at, "duration": sessions.c.updated_at - sessions.c.created_at}
+        return self._page(SESSION_COLUMNS, sessions, where, keys, sessions.c.id, page)
+
+    def get_session(self, session_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(*SESSION_COLUMNS).where(sessions.c.id == session_id)).mappings().first()
+        return dict(row) if row else None
+
+    def session_stats(self, session_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            if connection.execute(sa.select(sessions.c.id).where(sessions.c.id == session_id)).first() is None:
+                return None
+            # idx_requests_session_id and idx_responses_session_id bound both scans to this session.
+            asked = connection.execute(sa.select(
+                sa.func.count().label("request_count"),
+                sa.func.min(requests.c.timestamp).label("first_timestamp"),
+                sa.func.max(requests.c.timestamp).label("last_request"),
+            ).where(requests.c.session_id == session_id)).mappings().one()
+            answered = connection.execute(sa.select(
+                *_usage_columns(),
+                sa.func.max(responses.c.timestamp).label("last_response"),
+            ).where(responses.c.session_id == session_id)).mappings().one()
+        last = max((t for t in (asked["last_request"], answered["last_response"]) if t is not None), default=None)
+        usage = _usage(answered)
+        return {"session_id": session_id, "request_count": asked["request_count"],
+                "response_count": usage.pop("total_responses"), **usage,
+                "first_timestamp": asked["first_timestamp"], "last_timestamp": last}
+
+    def delete_session(self, session_id: str) -> bool:
+        """The query API's one write: the session goes, and its requests and responses with it through
+        ON DELETE CASCADE (the engine turns `PRAGMA foreign_keys` on for every SQLite connection)."""
+        with self.engine.begin() as connection:
+            deleted = connection.execute(sa.delete(sessions).where(sessions.c.id == session_id)).rowcount
+        return deleted > 0
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    def list_requests(self, filters: Filters, page: PageRequest, *, include_bodies: bool = False) -> Page:
+        where: list[sa.ColumnElement[bool]] = []
+        if filters.session_id is not None:
+            where.append(requests.c.session_id == filters.session_id)  # idx_requests_session_id
+        # model and api_key_hash: idx_requests_model_timestamp, idx_requests_api_key_timestamp (0002);
+        # provider has no index and filters a walk along the sort index (cheap: few providers).
+        if filters.model is not None:
+            where.append(requests.c.model == filters.model)
+        if filters.provider is not None:
+            where.append(requests.c.provider == filters.provider)
+        if filters.api_key_hash is not None:
+            where.append(requests.c.api_key_hash == filters.api_key_hash)
+        if filters.since is not None:
+            where.append(requests.c.timestamp >= filters.since)
+        if filters.until is not None:
+            where.append(requests.c.timestamp < filters.until)
+        if filters.status is not None:  # one probe of idx_responses_request_id per request
+            where.append(sa.exists().where(responses.c.request_id == requests.c.id,
+                                           _status(responses.c.error, filters.status)))
+        # time: idx_requests_timestamp (on SQLite every index ends with the rowid `id`, so it also serves
+        # the tie-break; PostgreSQL wants (timestamp, id)). duration is looked up per request through
+        # idx_responses_request_id and sorted: fine per session, use /v1/responses?sort=duration at scale.
+        duration = sa.select(sa.func.max(responses.c.duration_ms)).where(
+            responses.c.request_id == requests.c.id).scalar_subquery()
+        keys = {"time": requests.c.timestamp, "duration": sa.func.coalesce(duration, -1)}
+        columns = REQUEST_COLUMNS + REQUEST_BODIES if include_bodies else REQUEST_COLUMNS
+        return self._page(columns, requests, where, keys, requests.c.id, page)
+
+    def get_request(self, ref: str) -> dict[str, Any] | None:
+        condition = _ref(ref, requests.c.id, requests.c.request_id)
+        if condition is None:
+            return None
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(*REQUEST_COLUMNS, *REQUEST_BODIES).where(condition)).mappings().first()
+        return dict(row) if row else None
+
+    def response_of_request(self, ref: str) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the request exists, its latest response)."""
+        condition = _ref(ref, requests.c.id, requests.c.request_id)
+        if condition is None:
+            return False, None
+        with self.engine.connect() as connection:
+            request_row = connection.execute(sa.select(requests.c.id).where(condition)).first()
+            if request_row is None:
+                return False, None
+            row = connection.execute(
+                sa.select(*RESPONSE_COLUMNS, *RESPONSE_BODIES).where(responses.c.request_id == request_row.id)
+                .order_by(responses.c.id.desc()).limit(1)).mappings().first()  # idx_responses_request_id
+        return True, dict(row) if row else None
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def _response_scope(self, filters: Filters) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
+        where: list[sa.ColumnElement[bool]] = []
+        from_: sa.FromClause = responses
+        if filters.session_id is not None:
+            where.append(responses.c.session_id == filters.session_id)  # idx_responses_session_id
+        if filters.status is not None:
+            where.append(_status(responses.c.error, filters.status))
+        if filters.since is not None:
+            where.append(responses.c.timestamp >= filters.since)
+        if filters.until is not None:
+            where.append(responses.c.timestamp < filters.until)
+        # The request's attributes are one primary-key probe away; joined only when filtered on.
+        if filters.model is not None or filters.provider is not None or filters.api_key_hash is not None:
+            from_ = responses.join(requests, requests.c.id == responses.c.request_id)
+            for column, value in ((requests.c.model, filters.model), (requests.c.provider, filters.provider),
+                                  (requests.c.api_key_hash, filters.api_key_hash)):
+                if value is not None:
+                    where.append(column == value)
+        return from_, where
+
+    def list_responses(self, filters: Filters, page: PageRequest, *, include_bodies: bool = False) -> Page:
+        from_, where = self._response_scope(filters)
+        if page.sort == "duration":
+            # The writer always records a duration; a row without one (imported) has no place in this order.
+            where.append(responses.c.duration_ms.is_not(None))
+        # time: idx_responses_timestamp; duration: idx_responses_duration (migration 0002). On SQLite both
+        # end with the rowid `id`, serving the tie-break; PostgreSQL wants (timestamp, id), (duration_ms, id).
+        keys = {"time": responses.c.timestamp, "duration": responses.c.duration_ms}
+        columns = RESPONSE_COLUMNS + RESPONSE_BODIES if include_bodies else RESPONSE_COLUMNS
+        return self._page(columns, from_, where, keys, responses.c.id, page)
+
+    def get_response(self, ref: str) -> dict[str, Any] | None:
+        condition = _ref(ref, responses.c.id, responses.c.response_id)
+        if condition is None:
+            return None
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(*RESPONSE_COLUMNS, *RESPONSE_BODIES).where(condition)).mappings().first()
+        return dict(row) if row else None
+
+    def response_stats(self, filters: Filters) -> dict[str, Any]:
+        """Totals over every matching response. Filtered by model, provider or key only (or not at
+        all) they come from the writer's hourly rollups, which mirror the rows exactly, so they cost
+        the same at a million rows as at ten; other filters (a session, a status, a time range that
+        does not fall on hours) are answered from the rows themselves, through their indexes."""
+        if filters.session_id is None and filters.status is None and filters.since is None \
+                and filters.until is None:
+            return self._stats_from_rollups(filters)
+        from_, where = self._response_scope(filters)
+        if from_ is responses:
+            from_ = responses.join(requests, requests.c.id == responses.c.request_id)
+        query = sa.select(
+            *_usage_columns(),
+            sa.func.sum(sa.case((requests.c.stream, 1), else_=0)).label("streaming_responses"),
+            sa.func.avg(responses.c.ttft_ms).label("avg_ttft_ms"),
+            sa.func.min(responses.c.timestamp).label("first_timestamp"),
+            sa.func.max(responses.c.timestamp).label("last_timestamp"),
+        ).select_from(from_).where(*where)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).mappings().one()
+        return {**_usage(row), "streaming_responses": int(row["streaming_responses"] or 0),
+                "avg_ttft_ms": round(row["avg_ttft_ms"] or 0),
+                "first_timestamp": row["first_timestamp"], "last_timestamp": row["last_timestamp"]}
+
+
+    def _stats_from_rollups(self, filters: Filters) -> dict[str, Any]:
+        where = [column == value for column, value in ((usage_hourly.c.model, filters.model),
+                                                        (usage_hourly.c.provider, filters.provider),
+                                                        (usage_hourly.c.api_key_hash, filters.api_key_hash))
+                 if value is not None]
+        sums = sa.select(*(sa.func.coalesce(sa.func.sum(usage_hourly.c[name]), 0).label(name) for name in (
+            "requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
+            "duration_ms_sum", "ttft_ms_sum", "ttft_count"))).where(*where)
+        # Timed responses: the histogram counts exactly those with a duration.
+        timed = sa.select(sa.func.coalesce(sa.func.sum(sum(usage_hourly.c[f"h{i:02d}"] for i in range(20))), 0)
+                          ).where(*where)
+        with self.engine.connect() as connection:
+            row = connection.execute(sums).mappings().one()
+            timed_count = connection.execute(timed).scalar_one()
+            bounds = self._time_bounds(connection, filters)
+        return {"total_responses": int(row["requests"]), "prompt_tokens": int(row["prompt_tokens"]),
+                "completion_tokens": int(row["completion_tokens"]), "total_tokens": int(row["total_tokens"]),
+                "avg_duration_ms": round(row["duration_ms_sum"] / timed_count) if timed_count else 0,
+                "error_count": int(row["errors"]), "streaming_responses": int(row["streamed"]),
+                "avg_ttft_ms": round(row["ttft_ms_sum"] / row["ttft_count"]) if row["ttft_count"] else 0,
+                "total_cost": round(float(row["cost"]), 10), **bounds}
+
+    def _time_bounds(self, connection: sa.Connection, filters: Filters) -> dict[str, int | None]:
+        if filters.model is None and filters.provider is None and filters.api_key_hash is None:
+            # min/max on idx_responses_timestamp: two index probes.
+            first = connection.execute(sa.select(sa.func.min(responses.c.timestamp))).scalar()
+            last = connection.execute(sa.select(sa.func.max(responses.c.timestamp))).scalar()
+            return {"first_timestamp": first, "last_timestamp": last}
+        where = [column == value for column, value in ((requests.c.model, filters.model),
+                                                        (requests.c.provider, filters.provider),
+                                                        (requests.c.api_key_hash, filters.api_key_hash))
+                 if value is not None]
+        # idx_requests_model_timestamp / idx_requests_api_key_timestamp bound these.
+        first = connection.execute(sa.select(sa.func.min(requests.c.timestamp)).where(*where)).scalar()
+        last = connection.execute(sa.select(sa.func.max(requests.c.timestamp)).where(*where)).scalar()
+        return {"first_timestamp": first, "last_timestamp": last}
+
+
+def _usage_columns() -> tuple[sa.ColumnElement[Any], ...]:
+    return (
+        sa.func.count().label("total_responses"),
+        sa.func.sum(responses.c.prompt_tokens).label("prompt_tokens"),
+        sa.func.sum(responses.c.completion_tokens).label("completion_tokens"),
+        sa.func.sum(responses.c.total_tokens).label("total_tokens"),
+        sa.func.avg(responses.c.duration_ms).label("avg_duration_ms"),
+        sa.func.sum(sa.case((responses.c.error.is_not(None), 1), else_=0)).label("error_count"),
+    )
+
+
+def _usage(row: sa.RowMapping) -> dict[str, int]:
+    """Sums and averages as integers, 0 when there is nothing to add up (scripts do arithmetic on them)."""
+    return {"total_responses": row["total_responses"], "prompt_tokens": int(row["prompt_tokens"] or 0),
+            "completion_tokens": int(row["completion_tokens"] or 0), "total_tokens": int(row["total_tokens"] or 0),
+            "avg_duration_ms": round(row["avg_duration_ms"] or 0), "error_count": int(row["error_count"] or 0)}

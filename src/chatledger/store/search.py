@@ -1,0 +1,80 @@
+"""Full-text search over prompts and answers (SQLite FTS5, filled by search_indexer.py)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+FTS_QUERY_ERRORS = ("fts5", "syntax", "no such column", "unterminated", "unknown special query")
+
+
+class BadSearch(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    q: str
+    syntax: Literal["plain", "fts"] = "plain"
+    sort: Literal["recent", "relevance"] = "recent"
+    limit: int = 20
+    model: str | None = None
+    provider: str | None = None
+    session_id: str | None = None
+    api_key_hash: str | None = None
+    since: int | None = None
+    until: int | None = None
+
+
+def fts_expression(query: SearchQuery) -> str:
+    """Plain text means: every word must appear (each quoted, so no character is an operator)."""
+    if query.syntax == "fts":
+        return query.q
+    words = _TOKEN.findall(query.q)
+    if not words:
+        raise BadSearch("The search needs at least one word.")
+    return " ".join(f'"{word}"' for word in words)
+
+
+def search(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]]:
+    clauses = ["search_index MATCH :expression"]
+    params: dict[str, Any] = {"expression": fts_expression(query), "limit": query.limit}
+    for name, column in (("model", "q.model"), ("provider", "q.provider"), ("session_id", "q.session_id"),
+                         ("api_key_hash", "q.api_key_hash")):
+        value = getattr(query, name)
+        if value is not None:
+            clauses.append(f"{column} = :{name}")
+            params[name] = value
+    if query.since is not None:
+        clauses.append("r.timestamp >= :since")
+        params["since"] = query.since
+    if query.until is not None:
+        clauses.append("r.timestamp < :until")
+        params["until"] = query.until
+    # Newest first walks the index backwards by rowid and stops at `limit`; relevance ranks every match.
+    order = "search_index.rowid DESC" if query.sort == "recent" else "bm25(search_index)"
+    sql = f"""
+        SELECT r.id AS id, r.response_id, q.request_id, q.session_id, q.model, q.provider, r.timestamp,
+               r.finish_reason, r.error,
+               snippet(search_index, 0, '[', ']', '…', 16) AS prompt_snippet,
+               snippet(search_index, 1, '[', ']', '…', 16) AS response_snippet,
+               bm25(search_index) AS score
+        FROM search_index
+        JOIN responses r ON r.id = search_index.rowid
+        JOIN requests q ON q.id = r.request_id
+        WHERE {' AND '.join(clauses)}
+        ORDER BY {order}
+        LIMIT :limit
+    """
+    try:
+        rows = connection.execute(sa.text(sql), params).mappings().all()
+    except sa.exc.OperationalError as exc:
+        # FTS5 reports a query it cannot parse as an OperationalError; only `syntax=fts` can cause one.
+        if query.syntax == "fts" and any(word in str(exc.orig).lower() for word in FTS_QUERY_ERRORS):
+            raise BadSearch(f"Cannot read the search expression: {exc.orig}") from exc
+        raise
+    return [dict(row) for row in rows]
