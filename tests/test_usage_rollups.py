@@ -113,3 +113,18 @@ def test_rows_a_crash_left_unindexed_are_indexed_at_the_next_start(tmp_path):
         assert check.execute("SELECT rowid FROM search_index WHERE search_index MATCH 'narwhal'").fetchall() == [(1,)]
         assert check.execute("SELECT rowid FROM search_index WHERE search_index MATCH 'tusked'").fetchall() == [(1,)]
     store.close()
+
+
+def test_rebuilding_rollups_from_rows_gives_what_the_writer_kept(make_gateway):
+    from chatledger.store.rollups import rebuild_statements
+
+    gateway = make_gateway()
+    client = client_for(gateway, api_key="sk-rebuild")
+    for index in range(5):
+        client.chat.completions.create(model=f"mock-{index % 2}", stream=index == 2,
+                                       messages=[{"role": "user", "content": f"rebuild {index}"}])
+    kept = [dict(r) for r in gateway.rows("SELECT * FROM usage_hourly ORDER BY model")]
+    with gateway_connection(gateway) as connection:
+        for statement in rebuild_statements():
+            connection.execute(statement)
+    assert [dict(r) for r in gateway.rows("SELECT * FROM usage_hourly ORDER BY model")] == kept

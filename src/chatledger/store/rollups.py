@@ -73,3 +73,41 @@ class RollupBatch:
 
     def rows(self) -> list[tuple]:
         return [(*key, *values) for key, values in self._rows.items()]
+
+
+def _bucket_case(duration: str) -> str:
+    steps = " ".join(f"WHEN {duration} < {1 << i} THEN {i}" for i in range(HISTOGRAM_BUCKETS - 1))
+    return f"CASE WHEN {duration} IS NULL THEN -1 {steps} ELSE {HISTOGRAM_BUCKETS - 1} END"
+
+
+BACKFILL_RESPONSE_ATTRIBUTES = """
+UPDATE responses SET
+  model = (SELECT model FROM requests WHERE requests.id = responses.request_id),
+  provider = COALESCE((SELECT provider FROM requests WHERE requests.id = responses.request_id), ''),
+  api_key_hash = (SELECT api_key_hash FROM requests WHERE requests.id = responses.request_id)
+WHERE model IS NULL
+"""
+
+
+def rebuild_statements() -> list[str]:
+    """SQL that recomputes usage_hourly from the rows, for rows written around the writer (imports,
+    restores of old backups). Runs in the caller's transaction."""
+    bucket = _bucket_case("r.duration_ms")
+    histogram = ", ".join(f"SUM(CASE WHEN {bucket} = {i} THEN 1 ELSE 0 END)" for i in range(HISTOGRAM_BUCKETS))
+    columns = ", ".join(KEY_COLUMNS + COUNTERS + HISTOGRAM_COLUMNS)
+    return [
+        BACKFILL_RESPONSE_ATTRIBUTES,
+        "DELETE FROM usage_hourly",
+        f"""INSERT INTO usage_hourly ({columns})
+        SELECT r.timestamp - r.timestamp % {HOUR_MS}, COALESCE(r.model, ''), COALESCE(r.provider, ''),
+               COALESCE(r.api_key_hash, ''), COUNT(*),
+               SUM(CASE WHEN r.error IS NOT NULL THEN 1 ELSE 0 END),
+               SUM(CASE WHEN q.stream THEN 1 ELSE 0 END),
+               SUM(COALESCE(r.prompt_tokens, 0)), SUM(COALESCE(r.completion_tokens, 0)),
+               SUM(COALESCE(r.total_tokens, 0)), SUM(COALESCE(r.cost, 0)),
+               SUM(CASE WHEN r.cost IS NULL THEN 1 ELSE 0 END), SUM(COALESCE(r.duration_ms, 0)),
+               SUM(COALESCE(r.ttft_ms, 0)), SUM(CASE WHEN r.ttft_ms IS NOT NULL THEN 1 ELSE 0 END),
+               {histogram}
+        FROM responses r JOIN requests q ON q.id = r.request_id
+        GROUP BY 1, 2, 3, 4""",
+    ]
