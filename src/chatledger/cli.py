@@ -46,6 +46,7 @@ def serve(host: str | None, port: int | None, workers: int, config_path: Path | 
 
     settings = _settings(host=host, port=port, chatledger_config=config_path, database_path=database_path)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the banner says what the migrations did
     try:
         config = load_gateway_config(settings)
     except ConfigError as exc:
