@@ -9,6 +9,10 @@ from pathlib import Path
 
 import click
 
+from chatledger.commands.db import db
+from chatledger.commands.export import export
+from chatledger.commands.legacy import import_
+from chatledger.commands.report import report
 from chatledger.config import ConfigError, Settings, load_gateway_config
 
 
@@ -116,3 +120,9 @@ def provider_list() -> None:
     for name, item in config.providers.items():
         mark = " (active by default)" if name == config.active_provider else ""
         click.echo(f"{name}\t{item.type}\t{item.base_url or '-'}{mark}")
+
+
+main.add_command(db)
+main.add_command(export)
+main.add_command(report)
+main.add_command(import_)

@@ -17,8 +17,11 @@ import orjson
 
 from chatledger.store.rows import answer_text, prompt_text
 
+# Only rows that still exist and are not indexed yet: several worker processes share one index,
+# and each catches up from the same watermark after a restart.
 INSERT_SEARCH = ("INSERT INTO search_index (rowid, prompt, response) "
-                 "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM responses WHERE id = ?)")
+                 "SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM responses WHERE id = ?1) "
+                 "AND NOT EXISTS (SELECT 1 FROM search_index WHERE rowid = ?1)")
 SET_WATERMARK = ("INSERT INTO metadata (key, value, updated_at) VALUES ('search_indexed_through', ?, ?) "
                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")
 CATCH_UP_CHUNK = 2000
@@ -42,7 +45,7 @@ class SearchIndexer:
     def __init__(self, connection: sqlite3.Connection, *, max_rows: int = 4096, max_delay: float = 1.0) -> None:
         self._max_rows = max_rows
         self._max_delay = max_delay
-        self._backlog: list[tuple[int, str, str, int]] = []
+        self._backlog: list[tuple[int, str, str]] = []
         self._oldest = 0.0
         row = connection.execute("SELECT value FROM metadata WHERE key = 'search_indexed_through'").fetchone()
         # Rows above the watermark that are not in the backlog were committed before a crash.
@@ -51,7 +54,7 @@ class SearchIndexer:
     def add(self, rows: list[tuple[int, str, str]]) -> None:
         if rows and not self._backlog:
             self._oldest = time.monotonic()
-        self._backlog.extend((row_id, prompt, response, row_id) for row_id, prompt, response in rows)
+        self._backlog.extend(rows)
 
     def due(self, idle: bool) -> bool:
         if self._catch_up_after is not None:
@@ -85,7 +88,7 @@ class SearchIndexer:
             "SELECT s.id, q.path, q.openai_request, s.openai_response FROM responses s "
             "JOIN requests q ON q.id = s.request_id WHERE s.id > ? ORDER BY s.id LIMIT ?",
             (after, CATCH_UP_CHUNK)).fetchall()
-        found = [(row_id, prompt_text(_loads(request), _endpoint(path)), answer_text(_loads(response)), row_id)
+        found = [(row_id, prompt_text(_loads(request), _endpoint(path)), answer_text(_loads(response)))
                  for row_id, path, request, response in rows if row_id not in pending]
         connection.execute("BEGIN IMMEDIATE")
         try:
