@@ -10,6 +10,7 @@ from openai import OpenAI
 from tests.fakes import openai_server
 from tests.fakes.server import ServerThread
 from tests.gateway_server import PROVIDER_VARIABLES, GatewayThread, make_settings
+from tests.postgres import any_store_url, postgres_database, postgres_url  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -34,10 +35,19 @@ def upstream_requests(openai_upstream: ServerThread) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+def store_url() -> str | None:
+    """The store the gateways of a test record into: None for the SQLite file under tmp_path. A module
+    that runs on both backends overrides it: `store_url = any_store_url` (tests/postgres.py)."""
+    return None
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, store_url: str | None) -> Iterator[Callable[..., GatewayThread]]:
     started: list[GatewayThread] = []
 
     def start(**values: Any) -> GatewayThread:
+        if store_url is not None:
+            values.setdefault("database_url", store_url)
         gateway = GatewayThread(make_settings(tmp_path, **values)).start()
         started.append(gateway)
         return gateway

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -12,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 import uvicorn
 
 from chatledger.config import GatewayConfig, Settings
 from chatledger.gateway.app import ChatLedgerApp
+from chatledger.store.engine import create_engine
 from tests.fakes.server import free_port
 
 PROVIDER_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL",
@@ -32,18 +33,46 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 class DatabaseMixin:
-    db_path: Path
+    """The gateway's database as the tests see it, SQLite or PostgreSQL alike: SQL through SQLAlchemy's
+    text() with :named parameters (or `?` placeholders, filled in order from positional arguments)."""
 
-    def rows(self, sql: str, *params: Any) -> list[sqlite3.Row]:
-        connection = sqlite3.connect(self.db_path)
-        connection.row_factory = sqlite3.Row
-        try:
-            return connection.execute(sql, params).fetchall()
-        finally:
-            connection.close()
+    db_path: Path
+    database_url: str | None = None
+    _engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = create_engine(self.db_path, self.database_url)
+        return self._engine
+
+    @staticmethod
+    def _statement(sql: str, args: tuple[Any, ...], params: dict[str, Any]) -> tuple[sa.TextClause, dict[str, Any]]:
+        if args:
+            parts = sql.split("?")
+            assert len(parts) == len(args) + 1, "one positional argument per `?`"
+            sql = parts[0] + "".join(f":_p{i}{part}" for i, part in enumerate(parts[1:]))
+            params = {**params, **{f"_p{i}": value for i, value in enumerate(args)}}
+        return sa.text(sql), params
+
+    def rows(self, sql: str, *args: Any, **params: Any) -> list[dict[str, Any]]:
+        statement, values = self._statement(sql, args, params)
+        with self.engine.connect() as connection:
+            return [dict(row) for row in connection.execute(statement, values).mappings()]
+
+    def execute(self, sql: str, *args: Any, **params: Any) -> int:
+        """A write, committed; returns the rows it touched."""
+        statement, values = self._statement(sql, args, params)
+        with self.engine.begin() as connection:
+            return connection.execute(statement, values).rowcount
 
     def count(self, table: str) -> int:
         return self.rows(f"SELECT COUNT(*) AS n FROM {table}")[0]["n"]
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
 
 class GatewayThread(DatabaseMixin):
@@ -52,6 +81,7 @@ class GatewayThread(DatabaseMixin):
         self.app = ChatLedgerApp(settings, config)
         self.url = f"http://127.0.0.1:{settings.port}"
         self.db_path = settings.database_path
+        self.database_url = settings.database_url
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, loop="uvloop",
                                                     http="httptools", lifespan="on", log_level="warning"))
         self._thread = threading.Thread(target=self.server.run, daemon=True)
@@ -68,6 +98,7 @@ class GatewayThread(DatabaseMixin):
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(30)
+        self.dispose()
 
 
 class GatewayProcess(DatabaseMixin):
@@ -80,6 +111,7 @@ class GatewayProcess(DatabaseMixin):
         self.db_path = workdir / "data" / "chatledger.db"
         self.env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARIABLES}
         self.env.update({"PORT": str(self.port), "LOG_LEVEL": "warning", **env})
+        self.database_url = self.env.get("DATABASE_URL")
         self.process: subprocess.Popen[bytes] | None = None
         self.output = b""
 
@@ -110,4 +142,5 @@ class GatewayProcess(DatabaseMixin):
             self.process.kill()
             out, _ = self.process.communicate()
         self.output += out or b""
+        self.dispose()
         return self.process.returncode

@@ -1,10 +1,14 @@
-"""Sessions per seed 003: MD5 of the first user message, scoped by the caller's key, with a timeout."""
+"""Sessions per seed 003: MD5 of the first user message, scoped by the caller's key, with a timeout
+(on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import hashlib
 
 from tests.conftest import client_for
+from tests.postgres import any_store_url
+
+store_url = any_store_url
 
 
 def _ask(client, *contents: str, **kwargs) -> None:

@@ -1,12 +1,17 @@
-"""The schema the migrations build: seed 001/002 tables, indexes, cascades, WAL, version recorded."""
+"""The schema the migrations build: seed 001/002 tables, indexes, cascades, version recorded; on SQLite
+and on PostgreSQL (the keyset indexes name the id there; search is a tsvector table)."""
 
 from __future__ import annotations
 
 import sqlite3
 
 import pytest
+import sqlalchemy as sa
 
 from chatledger.store import Store, migrate
+from tests.postgres import any_store_url
+
+store_url = any_store_url
 
 SEED_INDEXES = {
     "idx_sessions_expires_at", "idx_sessions_chat_id", "idx_sessions_created_at",
@@ -17,57 +22,97 @@ SEED_INDEXES = {
 
 
 @pytest.fixture
-def store(tmp_path):
-    opened = Store.open(database_path=tmp_path / "nested" / "dir" / "ledger.db", session_timeout_ms=1000)
+def store(tmp_path, store_url):
+    opened = Store.open(database_path=tmp_path / "nested" / "dir" / "ledger.db", database_url=store_url,
+                        session_timeout_ms=1000)
     yield opened
     opened.close()
 
 
-def _connect(store) -> sqlite3.Connection:
-    connection = sqlite3.connect(store.database_path)
-    connection.execute("PRAGMA foreign_keys=ON")
-    return connection
+def _run(store, *statements: str) -> None:
+    with store.engine.begin() as connection:
+        for statement in statements:
+            connection.execute(sa.text(statement))
+
+
+def _scalar(store, sql: str) -> object:
+    with store.engine.connect() as connection:
+        return connection.execute(sa.text(sql)).scalar()
 
 
 def test_fresh_database_gets_the_seed_schema(store):
-    connection = _connect(store)
-    tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"metadata", "sessions", "requests", "responses", "settings"} <= tables
-    indexes = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert indexes >= SEED_INDEXES
-    columns = {r[1] for r in connection.execute("PRAGMA table_xinfo(requests)")}
-    assert {"session_id", "request_id", "timestamp", "method", "path", "openai_request", "qwen_request",
+    inspector = sa.inspect(store.engine)
+    assert {"metadata", "sessions", "requests", "responses", "settings", "usage_hourly",
+            "search_index"} <= set(inspector.get_table_names())
+    indexes = {i["name"]: i["column_names"] for table in ("sessions", "requests", "responses")
+               for i in inspector.get_indexes(table)}
+    assert set(indexes) >= SEED_INDEXES
+    columns = {c["name"] for c in inspector.get_columns("requests")}
+    assert {"session_id", "request_id", "timestamp", "method", "path", "openai_request",
             "model", "stream", "created_at"} <= columns
-    columns = {r[1] for r in connection.execute("PRAGMA table_xinfo(responses)")}
-    assert {"request_id", "session_id", "response_id", "timestamp", "qwen_response", "openai_response",
+    columns = {c["name"] for c in inspector.get_columns("responses")}
+    assert {"request_id", "session_id", "response_id", "timestamp", "openai_response", "cost",
             "parent_id", "completion_tokens", "prompt_tokens", "total_tokens", "finish_reason", "error",
             "duration_ms", "created_at"} <= columns
-    columns = {r[1] for r in connection.execute("PRAGMA table_info(sessions)")}
+    columns = {c["name"] for c in inspector.get_columns("sessions")}
     assert {"id", "chat_id", "parent_id", "first_user_message", "message_count", "created_at", "updated_at",
             "expires_at"} <= columns
-    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    version = connection.execute("SELECT value FROM metadata WHERE key = 'schema_version'").fetchone()[0]
-    assert version == str(int(migrate.head_revision()))
+    assert _scalar(store, "SELECT value FROM metadata WHERE key = 'schema_version'") == \
+        str(int(migrate.head_revision()))
     assert migrate.current_revision(store.engine) == migrate.head_revision()
+    if store.dialect == "sqlite":
+        connection = sqlite3.connect(store.database_path)
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {r[1] for r in connection.execute("PRAGMA table_xinfo(requests)")} >= {"qwen_request"}
+        assert {r[1] for r in connection.execute("PRAGMA table_xinfo(responses)")} >= {"qwen_response"}
+        connection.close()
+    else:
+        # Keyset pages order by (key, id): PostgreSQL's indexes must name the id.
+        assert indexes["idx_requests_timestamp"] == ["timestamp", "id"]
+        assert indexes["idx_responses_timestamp"] == ["timestamp", "id"]
+        assert indexes["idx_responses_duration"] == ["duration_ms", "id"]
+        assert indexes["idx_sessions_created_at"] == ["created_at", "id"]
+        search = {i["name"] for i in inspector.get_indexes("search_index")}
+        assert "idx_search_index_document" in search
+
+
+def _one_exchange(store) -> None:
+    _run(store,
+         "INSERT INTO sessions (id, session_key, message_count, created_at, updated_at, expires_at) "
+         "VALUES ('s1', 's1', 1, 1, 1, 2)",
+         "INSERT INTO requests (id, session_id, request_id, timestamp, method, path, openai_request, model, stream, "
+         "created_at) VALUES (1, 's1', 'r1', 1, 'POST', '/v1/chat/completions', '{}', 'm', false, 1)",
+         "INSERT INTO responses (id, request_id, session_id, response_id, timestamp, created_at, duration_ms) "
+         "VALUES (1, 1, 's1', 'x1', 1, 1, 40)")
 
 
 def test_deleting_a_session_cascades(store):
-    connection = _connect(store)
-    with connection:
-        connection.execute("INSERT INTO sessions (id, session_key, message_count, created_at, updated_at, "
-                           "expires_at) VALUES ('s1', 's1', 1, 1, 1, 2)")
-        connection.execute("INSERT INTO requests (session_id, request_id, timestamp, method, path, openai_request, "
-                           "model, stream, created_at) VALUES ('s1', 'r1', 1, 'POST', '/v1/chat/completions', "
-                           "'{}', 'm', 0, 1)")
-        connection.execute("INSERT INTO responses (request_id, session_id, response_id, timestamp, created_at) "
-                           "VALUES (1, 's1', 'x1', 1, 1)")
-    with connection:
-        connection.execute("DELETE FROM sessions WHERE id = 's1'")
-    assert connection.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
-    assert connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 0
+    _one_exchange(store)
+    _run(store, "DELETE FROM sessions WHERE id = 's1'")
+    assert _scalar(store, "SELECT COUNT(*) FROM requests") == 0
+    assert _scalar(store, "SELECT COUNT(*) FROM responses") == 0
 
 
-def test_reopening_is_idempotent(store, tmp_path):
-    again = Store.open(database_path=store.database_path, session_timeout_ms=1000)
+def test_a_deleted_response_leaves_its_rollup_and_search_row(store):
+    from chatledger.store.rollups import UPSERT_USAGE, Exchange, RollupBatch
+
+    batch = RollupBatch()
+    batch.add(Exchange(1, "", "", None, False, False, None, None, None, None, 40))
+    [row] = batch.rows()
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(UPSERT_USAGE if store.dialect == "sqlite" else UPSERT_USAGE.replace("?", "%s"),
+                                   row)
+    _one_exchange(store)
+    key = "rowid" if store.dialect == "sqlite" else "id"
+    _run(store, f"INSERT INTO search_index ({key}, prompt, response) VALUES (1, 'hello', 'world')")
+    assert _scalar(store, "SELECT requests + h06 + unpriced FROM usage_hourly") == 3
+    _run(store, "DELETE FROM responses WHERE id = 1")
+    assert _scalar(store, "SELECT requests + h06 + unpriced + duration_ms_sum FROM usage_hourly") == 0
+    assert _scalar(store, "SELECT COUNT(*) FROM search_index") == 0
+
+
+def test_reopening_is_idempotent(store, store_url):
+    again = Store.open(database_path=store.database_path or store.location, database_url=store_url,
+                       session_timeout_ms=1000)
     assert migrate.current_revision(again.engine) == migrate.head_revision()
     again.close()

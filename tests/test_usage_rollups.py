@@ -1,4 +1,5 @@
-"""The writer's bookkeeping: cost, hourly rollups and the search index follow the rows, deletes included."""
+"""The writer's bookkeeping: cost, hourly rollups and the search index follow the rows, deletes included
+(on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import time
 import httpx
 
 from tests.conftest import client_for
+from tests.postgres import any_store_url
+
+store_url = any_store_url
 
 
 def _totals(gateway) -> dict:
@@ -17,7 +21,7 @@ def _totals(gateway) -> dict:
 
 
 def _scan(gateway) -> dict:
-    [row] = gateway.rows("SELECT COUNT(*) AS requests, SUM(error IS NOT NULL) AS errors, "
+    [row] = gateway.rows("SELECT COUNT(*) AS requests, SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS errors, "
                          "SUM(COALESCE(total_tokens, 0)) AS tokens, SUM(COALESCE(prompt_tokens, 0)) AS prompt, "
                          "SUM(duration_ms) AS duration, COUNT(duration_ms) AS histogram FROM responses")
     return dict(row)
@@ -41,9 +45,12 @@ def test_rollups_match_the_rows_through_writes_and_deletes(make_gateway):
     assert gateway.rows("SELECT COUNT(*) AS n FROM responses WHERE cost = 0")[0]["n"] == 6
 
     session = gateway.rows("SELECT session_id FROM requests WHERE model = 'mock-1' LIMIT 1")[0]["session_id"]
-    with gateway_connection(gateway) as connection:
-        connection.execute("DELETE FROM sessions WHERE id = ?", (session,))
+    gateway.execute("DELETE FROM sessions WHERE id = :id", id=session)
     assert _totals(gateway) == _scan(gateway)
+
+
+SEARCH_ID = {"sqlite": "rowid", "postgresql": "id"}
+MATCH = {"sqlite": "search_index MATCH :term", "postgresql": "document @@ plainto_tsquery('simple', :term)"}
 
 
 def test_search_index_holds_each_turn_once_and_forgets_deleted_rows(make_gateway):
@@ -57,7 +64,10 @@ def test_search_index_holds_each_turn_once_and_forgets_deleted_rows(make_gateway
     client.chat.completions.create(model="mock-1", messages=history)
 
     def hits(term: str) -> list:
-        return gateway.rows("SELECT rowid FROM search_index WHERE search_index MATCH ?", term)
+        return gateway.rows(f"SELECT {SEARCH_ID[dialect]} AS rowid FROM search_index WHERE {MATCH[dialect]}",
+                            term=term)
+
+    dialect = gateway.engine.dialect.name
 
     # The index is filled just behind the recorder's commits (search_indexer.py): wait for it.
     deadline = time.monotonic() + 10
@@ -67,10 +77,9 @@ def test_search_index_holds_each_turn_once_and_forgets_deleted_rows(make_gateway
     # Turn two resends turn one; only its new message is indexed, so each term is found once.
     assert len(hits("quagga")) == len(hits("zebra")) == len(hits("okapi")) == 1
     assert hits("okapi")[0]["rowid"] != hits("quagga")[0]["rowid"]
-    [second] = gateway.rows("SELECT prompt, response FROM search_index WHERE search_index MATCH 'okapi'")
+    [second] = gateway.rows(f"SELECT prompt, response FROM search_index WHERE {MATCH[dialect]}", term="okapi")
     assert second["prompt"] == "And okapi legs?" and "okapi" in second["response"]
-    with gateway_connection(gateway) as connection:
-        connection.execute("DELETE FROM sessions")
+    gateway.execute("DELETE FROM sessions")
     assert hits("quagga") == [] and gateway.count("responses") == 0
 
 
@@ -90,6 +99,7 @@ class gateway_connection:
 
 
 def test_rows_a_crash_left_unindexed_are_indexed_at_the_next_start(tmp_path):
+    """SQLite only: PostgreSQL's search rows are written with the exchange rows, in one transaction."""
     from chatledger.store import Store
 
     store = Store.open(database_path=tmp_path / "ledger.db", session_timeout_ms=60_000)
@@ -124,7 +134,6 @@ def test_rebuilding_rollups_from_rows_gives_what_the_writer_kept(make_gateway):
         client.chat.completions.create(model=f"mock-{index % 2}", stream=index == 2,
                                        messages=[{"role": "user", "content": f"rebuild {index}"}])
     kept = [dict(r) for r in gateway.rows("SELECT * FROM usage_hourly ORDER BY model")]
-    with gateway_connection(gateway) as connection:
-        for statement in rebuild_statements():
-            connection.execute(statement)
+    for statement in rebuild_statements():
+        gateway.execute(statement)
     assert [dict(r) for r in gateway.rows("SELECT * FROM usage_hourly ORDER BY model")] == kept

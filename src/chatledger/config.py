@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # How long the end of a response may wait for its exchange to be committed.
     writer_ack_timeout_ms: int = 1000
     writer_max_pending_mb: int = 256
+    # Where records beyond that backlog wait for the store (per replica; default: beside DATABASE_PATH).
+    writer_spill_path: Path | None = None
     # SQLite `synchronous`: NORMAL survives a process crash; FULL also survives power loss.
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     # How long the recorder waits for a lock held by another process before it retries later.

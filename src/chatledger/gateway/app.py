@@ -105,10 +105,14 @@ class ChatLedgerApp:
                 Store.open, database_path=settings.database_path, database_url=settings.database_url,
                 session_timeout_ms=settings.session_timeout, synchronous=settings.sqlite_synchronous,
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+            # Local files, one set per replica, beside the SQLite file (or where it would be).
+            local = settings.database_path.parent
+            spill_path = settings.writer_spill_path or local / "chatledger-spill.jsonl"
+            dead_letter_path = self.store.dead_letter_path() or local / "chatledger.deadletter.jsonl"
             self.writer = Writer(partial(self.store.sink, Pricer(self.config)), batch_size=settings.writer_batch_size,
                                  flush_ms=settings.writer_flush_ms,
                                  max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
-                                 dead_letter_path=self.store.dead_letter_path())
+                                 dead_letter_path=dead_letter_path, spill_path=spill_path)
             self.writer.start()
             self.proxy.writer = self.writer
             await self.refresh_settings()

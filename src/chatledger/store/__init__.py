@@ -1,4 +1,4 @@
-"""The store: where exchanges are recorded (SQLite by default) and read back."""
+"""The store: where exchanges are recorded (SQLite by default, PostgreSQL through DATABASE_URL) and read back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 from chatledger.pricing import Pricer
 from chatledger.store import migrate
-from chatledger.store.engine import create_engine
+from chatledger.store.engine import create_engine, psycopg_conninfo
+from chatledger.store.postgres_sink import PostgresSink
 from chatledger.store.sqlite_sink import SQLiteSink
 from chatledger.store.writer import Sink
 
@@ -33,9 +34,16 @@ class Store:
         return cls(engine, location, None if database_url else database_path, session_timeout_ms, synchronous,
                    busy_timeout_ms)
 
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
     def sink(self, pricer: Pricer | None = None) -> Sink:
+        if self.dialect == "postgresql":
+            conninfo = psycopg_conninfo(self.engine.url.render_as_string(hide_password=False))
+            return PostgresSink(conninfo, session_timeout_ms=self.session_timeout_ms, pricer=pricer)
         if self.database_path is None:
-            raise NotImplementedError("only SQLite is supported as a recording store so far")
+            raise NotImplementedError(f"recording into {self.dialect} is not supported")
         return SQLiteSink(self.database_path, session_timeout_ms=self.session_timeout_ms,
                           synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms, pricer=pricer)
 

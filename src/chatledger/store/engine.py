@@ -1,4 +1,5 @@
-"""Engines for the store: a SQLite file (the default) with WAL and foreign keys on every connection."""
+"""Engines for the store: a SQLite file (the default) with WAL and foreign keys on every connection,
+or PostgreSQL through psycopg 3 when DATABASE_URL says so."""
 
 from __future__ import annotations
 
@@ -24,9 +25,27 @@ def configure_sqlite_connection(connection: sqlite3.Connection, synchronous: str
     connection.execute(f"PRAGMA synchronous={synchronous}")
 
 
+def normalize_url(database_url: str) -> str:
+    """`postgresql://` and `postgres://` mean PostgreSQL through psycopg 3 (SQLAlchemy would pick psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix):]
+    return database_url
+
+
+def psycopg_conninfo(database_url: str) -> str:
+    """The libpq form of a store URL, for connections made without SQLAlchemy (the recorder's)."""
+    url = sa.make_url(normalize_url(database_url)).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
 def create_engine(database_path: Path | None = None, database_url: str | None = None) -> sa.Engine:
     if database_url:
-        return sa.create_engine(database_url, pool_pre_ping=True)
+        url = normalize_url(database_url)
+        if url.startswith("postgresql"):
+            # The read side: a small pool per replica (the recorder has its own connection).
+            return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return sa.create_engine(url, pool_pre_ping=True)
     assert database_path is not None
     database_path.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(sqlite_url(database_path))

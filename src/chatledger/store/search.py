@@ -1,4 +1,5 @@
-"""Full-text search over prompts and answers (SQLite FTS5, filled by search_indexer.py)."""
+"""Full-text search over prompts and answers: SQLite FTS5 (filled by search_indexer.py), or on
+PostgreSQL a generated tsvector with a GIN index ('simple' configuration, written with the rows)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,8 @@ def fts_expression(query: SearchQuery) -> str:
     return " ".join(f'"{word}"' for word in words)
 
 
-def search(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]]:
-    clauses = ["search_index MATCH :expression"]
-    params: dict[str, Any] = {"expression": fts_expression(query), "limit": query.limit}
+def _filters(query: SearchQuery, params: dict[str, Any]) -> list[str]:
+    clauses = []
     for name, column in (("model", "q.model"), ("provider", "q.provider"), ("session_id", "q.session_id"),
                          ("api_key_hash", "q.api_key_hash")):
         value = getattr(query, name)
@@ -55,6 +55,14 @@ def search(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]
     if query.until is not None:
         clauses.append("r.timestamp < :until")
         params["until"] = query.until
+    return clauses
+
+
+def search(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]]:
+    if connection.dialect.name == "postgresql":
+        return _search_postgres(connection, query)
+    params: dict[str, Any] = {"expression": fts_expression(query), "limit": query.limit}
+    clauses = ["search_index MATCH :expression", *_filters(query, params)]
     # Newest first walks the index backwards by rowid and stops at `limit`; relevance ranks every match.
     order = "search_index.rowid DESC" if query.sort == "recent" else "bm25(search_index)"
     sql = f"""
@@ -78,3 +86,38 @@ def search(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]
             raise BadSearch(f"Cannot read the search expression: {exc.orig}") from exc
         raise
     return [dict(row) for row in rows]
+
+
+HEADLINE = "'StartSel=[, StopSel=], MinWords=8, MaxWords=16, MaxFragments=1, FragmentDelimiter=…'"
+
+
+def _search_postgres(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]]:
+    """Plain text: every word must appear (plainto_tsquery); `syntax=fts`: web search syntax (quoted
+    phrases, OR, -word), which reads any input rather than reject it. Relevance is ts_rank."""
+    if query.syntax == "plain" and not _TOKEN.search(query.q):
+        raise BadSearch("The search needs at least one word.")
+    parse = "websearch_to_tsquery" if query.syntax == "fts" else "plainto_tsquery"
+    params: dict[str, Any] = {"q": query.q, "limit": query.limit}
+    clauses = ["s.document @@ query", *_filters(query, params)]
+    order = "s.id DESC" if query.sort == "recent" else "score DESC, s.id DESC"
+    # The headlines are made for the page only (the inner query sorts and limits the matches).
+    sql = f"""
+        WITH query AS (SELECT {parse}('simple', :q) AS query),
+        hits AS (
+            SELECT r.id AS id, r.response_id, q.request_id, q.session_id, q.model, q.provider, r.timestamp,
+                   r.finish_reason, r.error, s.prompt, s.response, ts_rank(s.document, query) AS score
+            FROM query
+            JOIN search_index s ON s.document @@ query
+            JOIN responses r ON r.id = s.id
+            JOIN requests q ON q.id = r.request_id
+            WHERE {' AND '.join(clauses)}
+            ORDER BY {order}
+            LIMIT :limit
+        )
+        SELECT id, response_id, request_id, session_id, model, provider, timestamp, finish_reason, error,
+               ts_headline('simple', prompt, query, {HEADLINE}) AS prompt_snippet,
+               ts_headline('simple', response, query, {HEADLINE}) AS response_snippet, score
+        FROM hits, query
+        ORDER BY {order.replace("s.id", "id")}
+    """
+    return [dict(row) for row in connection.execute(sa.text(sql), params).mappings()]

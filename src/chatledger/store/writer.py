@@ -6,6 +6,8 @@ hands it to the sink as one transaction, then wakes the awaiting responses with 
 `call_soon_threadsafe`. When the sink fails for a reason that may pass (locked, disk full, server
 gone) the batch is kept and retried with backoff, the cause logged once; records that fail on their
 own (a bug, a constraint) are written one by one and the bad ones set aside in a dead-letter file.
+When the backlog in memory passes `max_pending_bytes`, new records go to a spill file (spill.py)
+instead of being dropped, and are written, in order and after the backlog, once the store keeps up.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from typing import Protocol
 import orjson
 
 from chatledger.store.records import Record, ResponseRecord
+from chatledger.store.spill import Spill
 
 log = logging.getLogger("chatledger.writer")
 
 _STOP = object()
+_SPILLED = object()
 
 
 class TransientStoreError(Exception):
@@ -51,6 +55,7 @@ class WriterStats:
     failures: int = 0
     dropped: int = 0
     dead_lettered: int = 0
+    spilled: int = 0
 
 
 class Writer:
@@ -63,6 +68,7 @@ class Writer:
         max_pending_bytes: int = 256 * 1024 * 1024,
         dead_letter_path: Path | None = None,
         retry_max_s: float = 1.0,
+        spill_path: Path | None = None,
     ) -> None:
         self._sink_factory = sink_factory
         self._batch_size = batch_size
@@ -70,6 +76,8 @@ class Writer:
         self._max_pending_bytes = max_pending_bytes
         self._dead_letter_path = dead_letter_path
         self._retry_max_s = retry_max_s
+        # Opened here, so a spill file left by an earlier run is replayed (before anything newer).
+        self._spill = Spill(spill_path) if spill_path is not None else None
         self._queue: queue.SimpleQueue[tuple[int, Record, bool] | object] = queue.SimpleQueue()
         self._seq = 0
         self._pending_bytes = 0
@@ -94,9 +102,12 @@ class Writer:
         self._thread.start()
 
     def submit(self, record: Record, *, ack: bool = False) -> int:
-        """Queue a record; returns its sequence number (0 if it had to be dropped)."""
+        """Queue a record; returns its sequence number (0 if it went to the spill file or was dropped)."""
         size = record.size()
         with self._pending_lock:
+            spill = self._spill
+            if spill is not None and (spill.active or self._pending_bytes + size > self._max_pending_bytes):
+                return self._to_spill(spill, record)
             if self._pending_bytes + size > self._max_pending_bytes:
                 self.stats.dropped += 1
                 if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
@@ -108,6 +119,21 @@ class Writer:
         self.stats.submitted += 1
         self._queue.put((self._seq, record, ack))
         return self._seq
+
+    def _to_spill(self, spill: Spill, record: Record) -> int:
+        try:
+            spill.append(record)
+        except OSError as exc:
+            self.stats.dropped += 1
+            log.error("spill file %s not writable, record dropped: %s", spill.path, exc)
+            return 0
+        self.stats.submitted += 1
+        self.stats.spilled += 1
+        if self.stats.spilled == 1 or self.stats.spilled % 10_000 == 0:
+            log.warning("recorder backlog is over %d bytes: %d records spilled to %s so far",
+                        self._max_pending_bytes, self.stats.spilled, spill.path)
+        self._queue.put(_SPILLED)  # wakes the writer thread, which may be waiting for memory's records
+        return 0
 
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
         """Queue a record and wait until the batch holding it is committed (False on timeout)."""
@@ -169,12 +195,20 @@ class Writer:
         pending: collections.deque[tuple[int, Record, bool]] = collections.deque()
         stopping = False
         backoff = 0.05
+        spill_offset: int | None = None  # set while `pending` holds records read from the spill file
         while True:
             if not pending:
-                if stopping:
+                if self._spill is not None and self._spill.unread and self._queue.empty():
+                    # Memory is drained: the spill's records are next (they are all newer).
+                    records, spill_offset = self._spill.read(self._batch_size)
+                    pending.extend((0, record, False) for record in records)
+                elif stopping:
                     break
-                stopping = self._take(pending, block=True)
-            stopping = self._gather(pending, stopping)
+                else:
+                    stopping = self._take(pending, block=True)
+                    continue
+            if spill_offset is None:
+                stopping = self._gather(pending, stopping)
             batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
             if not batch:
                 continue
@@ -190,20 +224,52 @@ class Writer:
             backoff = 0.05
             for _ in batch:
                 pending.popleft()
-            self._note_success(batch)
+            if spill_offset is not None:
+                assert self._spill is not None and not pending  # a spill batch is read whole
+                self._note_success(batch, in_memory=False)
+                if self._spill.committed(spill_offset):
+                    log.warning("spill file %s written to the store and emptied", self._spill.path)
+                spill_offset = None
+            else:
+                self._note_success(batch)
             try:
                 # After the waiters of this batch were released; `idle` when nothing else is queued.
                 sink.maintain(idle=not pending and self._queue.empty())
             except TransientStoreError as exc:
                 log.warning("store housekeeping failed: %s", exc)
+        self._keep_unwritten(pending, spill_offset)
         sink.shutdown()
+        if self._spill is not None:
+            self._spill.close()
+
+    def _keep_unwritten(self, pending: collections.deque, spill_offset: int | None) -> None:
+        """A forced stop (the store is down): memory's records go to the front of the spill file."""
+        if self._spill is None:
+            return
+        if spill_offset is not None:
+            pending.clear()  # read from the spill, which still holds them
+            self._spill.rewind()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, tuple):
+                pending.append(item)
+        if pending:
+            log.warning("keeping %d unwritten records in %s for the next start", len(pending), self._spill.path)
+            try:
+                self._spill.prepend([record for _, record, _ in pending])
+            except OSError as exc:
+                log.error("could not keep unwritten records in %s: %s", self._spill.path, exc)
 
     def _take(self, pending: collections.deque, *, block: bool, timeout: float | None = None) -> bool:
         """Move one item from the queue to `pending`; returns True when the stop marker came."""
         item = self._queue.get(block=block, timeout=timeout)
         if item is _STOP:
             return True
-        pending.append(item)
+        if item is not _SPILLED:
+            pending.append(item)
         return False
 
     def _gather(self, pending: collections.deque, stopping: bool) -> bool:
@@ -215,7 +281,8 @@ class Writer:
             except queue.Empty:
                 pass
             # Nothing more right now: flush at once if anyone is waiting, else wait up to flush_ms.
-            if stopping or any(ack for _, _, ack in pending) or not self.healthy:
+            if stopping or any(ack for _, _, ack in pending) or not self.healthy or \
+                    (self._spill is not None and self._spill.unread):
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -257,13 +324,15 @@ class Writer:
         self.healthy = False
         self.last_error = message
 
-    def _note_success(self, batch: list[tuple[int, Record, bool]]) -> None:
+    def _note_success(self, batch: list[tuple[int, Record, bool]], *, in_memory: bool = True) -> None:
         if not self.healthy:
             log.warning("store writable again; writing the backlog")
             self.healthy = True
             self.last_error = None
         self.stats.committed += len(batch)
         self.stats.batches += 1
+        if not in_memory:
+            return
         size = sum(record.size() for _, record, _ in batch)
         with self._pending_lock:
             self._pending_bytes -= size

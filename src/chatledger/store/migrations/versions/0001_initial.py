@@ -19,6 +19,9 @@ RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 def upgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
+    # Keyset pages are ordered by (sort key, id). Every SQLite index ends with the rowid `id`, so it
+    # serves the tie-break as is; PostgreSQL needs the id named as the index's second column.
+    tie = [] if sqlite else ["id"]
     op.create_table(
         "metadata",
         sa.Column("key", sa.Text, primary_key=True),
@@ -46,7 +49,7 @@ def upgrade() -> None:
     )
     op.create_index("idx_sessions_expires_at", "sessions", ["expires_at"])
     op.create_index("idx_sessions_chat_id", "sessions", ["chat_id"])
-    op.create_index("idx_sessions_created_at", "sessions", ["created_at"])
+    op.create_index("idx_sessions_created_at", "sessions", ["created_at", *tie])
     op.create_index("idx_sessions_session_key", "sessions", ["session_key", "created_at"])
 
     request_columns = [
@@ -72,7 +75,7 @@ def upgrade() -> None:
             sa.Computed("COALESCE(provider_request, openai_request)", persisted=False)))
     op.create_table("requests", *request_columns, sqlite_autoincrement=True)
     op.create_index("idx_requests_session_id", "requests", ["session_id"])
-    op.create_index("idx_requests_timestamp", "requests", ["timestamp"])
+    op.create_index("idx_requests_timestamp", "requests", ["timestamp", *tie])
     op.create_index("idx_requests_request_id", "requests", ["request_id"], unique=True)
     op.create_index("idx_requests_created_at", "requests", ["created_at"])
 
@@ -104,7 +107,7 @@ def upgrade() -> None:
     op.create_index("idx_responses_request_id", "responses", ["request_id"])
     op.create_index("idx_responses_session_id", "responses", ["session_id"])
     op.create_index("idx_responses_response_id", "responses", ["response_id"], unique=True)
-    op.create_index("idx_responses_timestamp", "responses", ["timestamp"])
+    op.create_index("idx_responses_timestamp", "responses", ["timestamp", *tie])
     op.create_index("idx_responses_created_at", "responses", ["created_at"])
 
     op.execute(sa.text("INSERT INTO metadata (key, value, updated_at) VALUES ('schema_version', '1', :now)")

@@ -23,9 +23,33 @@ def _bucket_expression(duration: str) -> str:
     return f"(CASE WHEN {duration} IS NULL THEN -1 {steps} ELSE {HISTOGRAM_BUCKETS - 1} END)"
 
 
-def _histogram_decrements(duration: str) -> str:
+def _flag(condition: str, sqlite: bool) -> str:
+    """A condition as 0 or 1: SQLite's booleans are integers already, PostgreSQL's need a cast."""
+    return f"({condition})" if sqlite else f"({condition})::int"
+
+
+def _histogram_decrements(duration: str, sqlite: bool) -> str:
     bucket = _bucket_expression(duration)
-    return ",\n".join(f"h{i:02d} = h{i:02d} - ({bucket} = {i})" for i in range(HISTOGRAM_BUCKETS))
+    return ",\n".join(f"h{i:02d} = h{i:02d} - {_flag(f'{bucket} = {i}', sqlite)}" for i in range(HISTOGRAM_BUCKETS))
+
+
+def _forget_usage(sqlite: bool) -> str:
+    """The UPDATE that takes a deleted response (OLD) out of its hour's rollup."""
+    return f"""UPDATE usage_hourly SET
+                requests = requests - 1,
+                errors = errors - {_flag('OLD.error IS NOT NULL', sqlite)},
+                prompt_tokens = prompt_tokens - COALESCE(OLD.prompt_tokens, 0),
+                completion_tokens = completion_tokens - COALESCE(OLD.completion_tokens, 0),
+                total_tokens = total_tokens - COALESCE(OLD.total_tokens, 0),
+                cost = cost - COALESCE(OLD.cost, 0),
+                unpriced = unpriced - {_flag('OLD.cost IS NULL', sqlite)},
+                duration_ms_sum = duration_ms_sum - COALESCE(OLD.duration_ms, 0),
+                ttft_ms_sum = ttft_ms_sum - COALESCE(OLD.ttft_ms, 0),
+                ttft_count = ttft_count - {_flag('OLD.ttft_ms IS NOT NULL', sqlite)},
+                {_histogram_decrements('OLD.duration_ms', sqlite)}
+              WHERE bucket_start = OLD.timestamp - OLD.timestamp % 3600000
+                AND model = COALESCE(OLD.model, '') AND provider = COALESCE(OLD.provider, '')
+                AND api_key_hash = COALESCE(OLD.api_key_hash, '')"""
 
 
 def upgrade() -> None:
@@ -38,7 +62,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("api_key_hash", sa.Text))
     op.create_index("idx_requests_model_timestamp", "requests", ["model", "timestamp"])
     op.create_index("idx_requests_api_key_timestamp", "requests", ["api_key_hash", "timestamp"])
-    op.create_index("idx_responses_duration", "responses", ["duration_ms"])
+    op.create_index("idx_responses_duration", "responses", ["duration_ms", *([] if sqlite else ["id"])])
 
     histogram = [sa.Column(f"h{i:02d}", sa.BigInteger, nullable=False, server_default="0")
                  for i in range(HISTOGRAM_BUCKETS)]
@@ -67,27 +91,42 @@ def upgrade() -> None:
         op.execute("CREATE VIRTUAL TABLE search_index USING fts5("
                    "prompt, response, tokenize = 'unicode61 remove_diacritics 2')")
         # A deleted response (a session deleted, cascading) leaves the index and the rollups.
-        op.execute("""
+        op.execute(f"""
             CREATE TRIGGER responses_forget AFTER DELETE ON responses
             BEGIN
               DELETE FROM search_index WHERE rowid = OLD.id;
-              UPDATE usage_hourly SET
-                requests = requests - 1,
-                errors = errors - (OLD.error IS NOT NULL),
-                prompt_tokens = prompt_tokens - COALESCE(OLD.prompt_tokens, 0),
-                completion_tokens = completion_tokens - COALESCE(OLD.completion_tokens, 0),
-                total_tokens = total_tokens - COALESCE(OLD.total_tokens, 0),
-                cost = cost - COALESCE(OLD.cost, 0),
-                unpriced = unpriced - (OLD.cost IS NULL),
-                duration_ms_sum = duration_ms_sum - COALESCE(OLD.duration_ms, 0),
-                ttft_ms_sum = ttft_ms_sum - COALESCE(OLD.ttft_ms, 0),
-                ttft_count = ttft_count - (OLD.ttft_ms IS NOT NULL),
-                {histogram}
-              WHERE bucket_start = OLD.timestamp - OLD.timestamp % 3600000
-                AND model = COALESCE(OLD.model, '') AND provider = COALESCE(OLD.provider, '')
-                AND api_key_hash = COALESCE(OLD.api_key_hash, '');
+              {_forget_usage(sqlite)};
             END
-        """.replace("{histogram}", _histogram_decrements("OLD.duration_ms")))
+        """)
+    else:
+        # The 'simple' configuration: no stemming or stop words, like FTS5's unicode61 (any language).
+        op.execute("""
+            CREATE TABLE search_index (
+              id BIGINT PRIMARY KEY REFERENCES responses (id) ON DELETE CASCADE,
+              prompt TEXT NOT NULL DEFAULT '',
+              response TEXT NOT NULL DEFAULT '',
+              document tsvector GENERATED ALWAYS AS (
+                setweight(to_tsvector('simple', prompt), 'A') || setweight(to_tsvector('simple', response), 'B')
+              ) STORED
+            )
+        """)
+        op.execute("CREATE INDEX idx_search_index_document ON search_index USING GIN (document)")
+        # The search rows leave through their foreign key; the rollups through this trigger.
+        op.execute(f"""
+            CREATE FUNCTION responses_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              {_forget_usage(sqlite)};
+              RETURN NULL;
+            END
+            $$
+        """)
+        op.execute("CREATE TRIGGER responses_forget AFTER DELETE ON responses "
+                   "FOR EACH ROW EXECUTE FUNCTION responses_forget()")
+    # Rows recorded before this revision get their rollups now (the search index catches up by itself).
+    from chatledger.store.rollups import rebuild_statements
+
+    for statement in rebuild_statements():
+        op.execute(statement)
     op.execute(sa.text("UPDATE metadata SET value = '2', updated_at = :now WHERE key = 'schema_version'")
                .bindparams(now=int(time.time() * 1000)))
 
@@ -95,7 +134,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS responses_forget")
-        op.execute("DROP TABLE IF EXISTS search_index")
+    else:
+        op.execute("DROP TRIGGER IF EXISTS responses_forget ON responses")
+        op.execute("DROP FUNCTION IF EXISTS responses_forget()")
+    op.execute("DROP TABLE IF EXISTS search_index")
     op.drop_table("usage_hourly")
     op.drop_index("idx_responses_duration", "responses")
     op.drop_index("idx_requests_api_key_timestamp", "requests")

@@ -1,0 +1,80 @@
+"""The recorder alone into PostgreSQL: how many exchanges/s chatledger's Writer commits.
+
+The same records as bench/writer.py (~1 KB request, ~1 KB response, non-streaming, 2,000
+conversations) go straight into `Writer(Store(DATABASE_URL).sink)` with the gateway's default
+settings; the clock runs from the first submit to the end of `close()`, which returns once every
+queued record is committed. Each run creates its own database on the server (`--server`, default
+the local one at 127.0.0.1:5432, user postgres) and drops it afterwards. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from writer import build_records, feed  # bench/writer.py: the same records
+
+from chatledger.config import Settings
+from chatledger.store import Store
+from chatledger.store.records import RequestRecord, ResponseRecord
+from chatledger.store.writer import Writer
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]], spill: Path) -> dict[str, object]:
+    settings = Settings(_env_file=None)
+    store = Store.open(database_path=spill.with_name("unused.db"), database_url=url,
+                       session_timeout_ms=settings.session_timeout)
+    writer = Writer(store.sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
+                    max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024, spill_path=spill)
+    writer.start()
+    started = time.perf_counter()
+    await feed(writer, exchanges, window=50_000)
+    fed = time.perf_counter()
+    await asyncio.to_thread(writer.close, 600.0)
+    elapsed = time.perf_counter() - started
+    store.close()
+    stats = writer.stats
+    return {"exchanges": len(exchanges), "seconds": elapsed, "feed_seconds": fed - started,
+            "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
+            "batches": stats.batches, "dropped": stats.dropped, "spilled": stats.spilled,
+            "dead_lettered": stats.dead_lettered, "request_bytes": len(exchanges[0][0].openai_request),
+            "response_bytes": len(exchanges[0][1].openai_response or b"")}
+
+
+def count_rows(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as connection:
+        return {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+                for table in ("requests", "responses", "sessions", "search_index")}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark chatledger's recorder alone, into PostgreSQL.")
+    parser.add_argument("--exchanges", type=int, default=200_000)
+    parser.add_argument("--server", default=SERVER, help="a database on the server to connect to first")
+    args = parser.parse_args(argv)
+    exchanges = build_records(args.exchanges)
+    name = f"chatledger_bench_{secrets.token_hex(4)}"
+    base = args.server.rsplit("/", 1)[0]
+    with psycopg.connect(args.server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            with tempfile.TemporaryDirectory(prefix="chatledger-writer-pg-") as directory:
+                result = asyncio.run(measure(f"{base}/{name}", exchanges, Path(directory) / "spill.jsonl"))
+            result["rows"] = count_rows(f"{base}/{name}")
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

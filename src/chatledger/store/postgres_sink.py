@@ -1,0 +1,219 @@
+"""The PostgreSQL side of the recorder: one psycopg connection, one transaction per batch.
+
+Several replicas write to one database, so nothing here trusts a figure read before the write:
+ids come from the sequences in bulk, session counts and rollups only ever add up (UPSERTs), and
+the sessions a batch touches are locked in id order before they are read or written (rollup rows
+are written in key order after them), so two writers never wait on each other in a cycle.
+Requests, responses and their search text go in with COPY; the tsvector is a generated column.
+
+A lost connection is a TransientStoreError (the writer keeps the batch and retries). A connection
+lost while COMMIT was in flight leaves the batch's fate unknown: the retry first looks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+
+from chatledger.pricing import Pricer
+from chatledger.store.batch import (
+    FIND_REQUEST_COLUMNS,
+    REQUEST_COLUMNS,
+    RESPONSE_COLUMNS,
+    SESSION_COLUMNS,
+    BatchBuilder,
+    BatchRows,
+    OpenRequest,
+    open_request,
+)
+from chatledger.store.records import Record, RequestRecord
+from chatledger.store.rollups import UPSERT_USAGE
+from chatledger.store.writer import TransientStoreError
+
+log = logging.getLogger("chatledger.writer")
+
+# One statement, one row version per session and batch: its new requests (message_count adds up) and
+# its newest answer (parent_id) together. A session with only an answer in the batch comes as a row
+# that changes nothing but those two (it exists: its request was committed before).
+SESSION_TYPES = ("text", "text", "text", "text", "int", "bigint", "bigint", "bigint", "text", "text")
+UPSERT_SESSIONS = f"""
+INSERT INTO sessions ({", ".join(SESSION_COLUMNS)}, parent_id, chat_id)
+SELECT * FROM unnest({", ".join(f"%s::{kind}[]" for kind in SESSION_TYPES)})
+ON CONFLICT (id) DO UPDATE SET message_count = sessions.message_count + excluded.message_count,
+                               updated_at = GREATEST(sessions.updated_at, excluded.updated_at),
+                               expires_at = GREATEST(sessions.expires_at, excluded.expires_at),
+                               parent_id = COALESCE(excluded.parent_id, sessions.parent_id),
+                               chat_id = COALESCE(sessions.chat_id, excluded.chat_id)
+"""
+LOCK_SESSIONS = "SELECT id, parent_id FROM sessions WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+LATEST_SESSIONS = """
+SELECT DISTINCT ON (session_key) session_key, id, expires_at FROM sessions
+WHERE session_key = ANY(%s) ORDER BY session_key, created_at DESC
+"""
+UPSERT_USAGE_PG = UPSERT_USAGE.replace("?", "%s")
+COPY_REQUESTS = f"COPY requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN"
+COPY_RESPONSES = f"COPY responses ({', '.join(RESPONSE_COLUMNS)}) FROM STDIN"
+COPY_SEARCH = "COPY search_index (id, prompt, response) FROM STDIN"
+# Fail over in seconds, not minutes, when the server or the network goes away.
+CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
+                                   "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000,
+                                   "application_name": "chatledger-writer"}
+
+
+def _without_nul(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """PostgreSQL's text cannot hold NUL; SQLite's can. Replace it rather than refuse the exchange."""
+    return [tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for v in row)
+            if any(isinstance(v, str) and "\x00" in v for v in row) else row for row in rows]
+
+
+def _session_rows(rows: BatchRows) -> list[tuple[Any, ...]]:
+    """The batch's session UPSERT rows and parent_id UPDATEs as one list of rows, in session id order."""
+    merged: dict[str, tuple[Any, ...]] = {row[0]: (*row, None, None) for row in rows.sessions}
+    for parent_id, chat_id, session_id in rows.advanced:
+        row = merged.get(session_id)
+        merged[session_id] = (*row[:8], parent_id, chat_id) if row is not None else \
+            (session_id, session_id, None, None, 0, 0, 0, 0, parent_id, chat_id)
+    return [merged[session_id] for session_id in sorted(merged)]
+
+
+class PostgresSink:
+    def __init__(self, conninfo: str, *, session_timeout_ms: int, pricer: Pricer | None = None) -> None:
+        self._conninfo = conninfo
+        self._builder = BatchBuilder(session_timeout_ms, pricer)
+        self._connection: psycopg.Connection | None = None
+        # A batch whose COMMIT got no answer: (its rows, one request or response uuid it holds).
+        self._unsure: tuple[BatchRows, str, str] | None = None
+        self._connect()
+
+    def _connect(self) -> psycopg.Connection:
+        self._connection = psycopg.connect(self._conninfo, autocommit=False, **CONNECT_OPTIONS)
+        return self._connection
+
+    def reconnect(self) -> None:
+        self.close()
+        try:
+            self._connect()
+        except psycopg.OperationalError as exc:
+            raise TransientStoreError(str(exc)) from exc
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._connection.close()
+        self._connection = None
+
+    def shutdown(self) -> None:
+        self.close()
+
+    def maintain(self, idle: bool) -> None:
+        """Nothing to do between batches: the search vectors are written with the rows."""
+
+    def write(self, records: list[Record]) -> None:
+        try:
+            connection = self._connection if self._connection is not None and not self._connection.closed \
+                else self._connect()
+            if self._unsure is not None:
+                records = self._settle(connection, records)
+            if not records:
+                return
+            try:
+                rows = self._builder.build(records, self)
+                self._write_rows(connection, rows, clean=False)
+            except psycopg.DataError as exc:
+                if "NUL" not in str(exc):
+                    raise
+                connection.rollback()  # rare: take the slow path, which replaces NUL characters
+                rows = self._builder.build(records, self)
+                self._write_rows(connection, rows, clean=True)
+            self._unsure = (rows, *self._marker(records))
+            connection.commit()
+            self._unsure = None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self.close()
+            raise TransientStoreError(str(exc)) from exc
+        except BaseException:
+            self._unsure = None
+            with contextlib.suppress(psycopg.Error):
+                if self._connection is not None:
+                    self._connection.rollback()
+            raise
+        self._builder.committed(rows)
+
+    def _write_rows(self, connection: psycopg.Connection, rows: BatchRows, *, clean: bool) -> None:
+        def _clean(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            return _without_nul(rows) if clean else rows
+
+        with connection.cursor() as cursor:
+            sessions = _session_rows(rows)
+            if sessions:
+                cursor.execute(UPSERT_SESSIONS, [list(column) for column in zip(*_clean(sessions), strict=True)])
+            if rows.requests:
+                with cursor.copy(COPY_REQUESTS) as copy:
+                    for row in _clean(rows.requests):
+                        copy.write_row(row)
+            if rows.responses:
+                with cursor.copy(COPY_RESPONSES) as copy:
+                    for row in _clean(rows.responses):
+                        copy.write_row(row)
+            if rows.usage:
+                cursor.executemany(UPSERT_USAGE_PG, rows.usage)
+            if rows.search:
+                with cursor.copy(COPY_SEARCH) as copy:
+                    for row in _clean(rows.search):
+                        copy.write_row(row)
+
+    @staticmethod
+    def _marker(records: list[Record]) -> tuple[str, str]:
+        """A row by which to tell afterwards whether the batch committed: (table, uuid)."""
+        first = records[0]
+        if isinstance(first, RequestRecord):
+            return "requests", first.request_id
+        return "responses", first.response_id
+
+    def _settle(self, connection: psycopg.Connection, records: list[Record]) -> list[Record]:
+        """After a COMMIT without an answer: if that batch is in, take its records out of this one."""
+        assert self._unsure is not None
+        rows, table, uuid = self._unsure
+        column = "request_id" if table == "requests" else "response_id"
+        found = connection.execute(f"SELECT 1 FROM {table} WHERE {column} = %s", (uuid,)).fetchone()
+        connection.rollback()
+        self._unsure = None
+        if found is None:
+            return records
+        log.warning("the batch whose commit was cut off had committed; not writing it again")
+        self._builder.committed(rows)
+        written = {row[2] for row in rows.requests} | {row[3] for row in rows.responses}
+        return [r for r in records if (r.request_id if isinstance(r, RequestRecord) else r.response_id)
+                not in written]
+
+    # -- Lookups, for the batch builder (inside the write transaction) ------------------------------
+
+    def _cursor(self) -> psycopg.Cursor:
+        assert self._connection is not None
+        return self._connection.cursor()
+
+    def allocate_ids(self, table: str, count: int) -> list[int]:
+        """Ids from the table's sequence, in one round trip: never max()+1, since replicas write too."""
+        with self._cursor() as cursor:
+            cursor.execute(f"SELECT nextval('{table}_id_seq') FROM generate_series(1, %s)", (count,))
+            return [row[0] for row in cursor.fetchall()]
+
+    def latest_sessions(self, keys: list[str]) -> dict[str, tuple[str, int]]:
+        with self._cursor() as cursor:
+            cursor.execute(LATEST_SESSIONS, (keys,))
+            return {key: (session_id, expires) for key, session_id, expires in cursor.fetchall()}
+
+    def parents(self, session_ids: list[str]) -> dict[str, str | None]:
+        """Lock the batch's sessions (id order) and read their last answers, current as of the lock."""
+        with self._cursor() as cursor:
+            cursor.execute(LOCK_SESSIONS, (session_ids,))
+            return dict(cursor.fetchall())
+
+    def find_requests(self, request_ids: list[str]) -> dict[str, OpenRequest]:
+        with self._cursor() as cursor:
+            cursor.execute(f"SELECT {', '.join(FIND_REQUEST_COLUMNS)} FROM requests WHERE request_id = ANY(%s)",
+                           (request_ids,))
+            return {row[9]: open_request(row) for row in cursor.fetchall()}
