@@ -16,6 +16,7 @@ import orjson
 import sqlalchemy as sa
 
 from chatledger.errors import InvalidRequest
+from chatledger.store.rollups import HOUR_MS
 from chatledger.store.schema import requests, responses, sessions, usage_hourly
 
 Sort = Literal["time", "duration"]
@@ -135,22 +136,29 @@ class Reader:
 
     def _page(self, columns: tuple[Any, ...], from_: sa.FromClause, where: list[sa.ColumnElement[bool]],
               keys: dict[str, sa.ColumnElement[Any]], id_column: sa.ColumnElement[Any], page: PageRequest) -> Page:
+        with self.engine.connect() as connection:
+            return self._read_page(connection, columns, from_, where, keys, id_column, page)
+
+    def _read_page(self, connection: sa.Connection, columns: tuple[Any, ...], from_: sa.FromClause,
+                   where: list[sa.ColumnElement[bool]], keys: dict[str, sa.ColumnElement[Any]],
+                   id_column: sa.ColumnElement[Any], page: PageRequest, total: int | None = None) -> Page:
+        """One page, in the caller's transaction; `total`, when the caller knows it, saves the COUNT."""
         key = keys[page.sort]
         descending = page.order == "desc"
         query = sa.select(*columns, key.label("sort_key")).select_from(from_).where(*where)
-        with self.engine.connect() as connection:
-            if page.cursor is None:
-                # COUNT only on the first page; later pages carry the figure in their cursor.
+        if page.cursor is None:
+            # COUNT only on the first page; later pages carry the figure in their cursor.
+            if total is None:
                 total = connection.execute(sa.select(sa.func.count()).select_from(from_).where(*where)).scalar_one()
-                query = query.offset(page.offset)
-            else:
-                id_type = str if isinstance(id_column.type, sa.Text) else int
-                cursor = Cursor.decode(page.cursor, page.sort, page.order, id_type)
-                total = cursor.total
-                query = query.where(_after(key, id_column, cursor, descending))
-            ordering = (key.desc(), id_column.desc()) if descending else (key.asc(), id_column.asc())
-            # One row more than asked tells whether there is a next page.
-            rows = [dict(r) for r in connection.execute(query.order_by(*ordering).limit(page.limit + 1)).mappings()]
+            query = query.offset(page.offset)
+        else:
+            id_type = str if isinstance(id_column.type, sa.Text) else int
+            cursor = Cursor.decode(page.cursor, page.sort, page.order, id_type)
+            total = cursor.total
+            query = query.where(_after(key, id_column, cursor, descending))
+        ordering = (key.desc(), id_column.desc()) if descending else (key.asc(), id_column.asc())
+        # One row more than asked tells whether there is a next page.
+        rows = [dict(r) for r in connection.execute(query.order_by(*ordering).limit(page.limit + 1)).mappings()]
         has_more = len(rows) > page.limit
         rows = rows[:page.limit]
         keys_of_rows = [row.pop("sort_key") for row in rows]
@@ -170,13 +178,17 @@ class Reader:
         if filters.until is not None:
             where.append(sessions.c.created_at < filters.until)
         # These reach into the session's requests and responses through idx_requests_session_id and
-        # idx_responses_session_id, once per candidate session.
+        # idx_responses_session_id, once per candidate session. Except for a model: as a correlated
+        # EXISTS, SQLite would take idx_requests_model_timestamp and read every request of the model
+        # once per session (hours at a million rows); as IN, it reads them once (~0.2 s for 120k).
         request_match = []
         if filters.model is not None:
             request_match.append(requests.c.model == filters.model)
         if filters.provider is not None:
             request_match.append(requests.c.provider == filters.provider)
-        if request_match:
+        if filters.model is not None:
+            where.append(sessions.c.id.in_(sa.select(requests.c.session_id).where(*request_match)))
+        elif request_match:
             where.append(sa.exists().where(requests.c.session_id == sessions.c.id, *request_match))
         if filters.status is not None:
             where.append(sa.exists().where(responses.c.session_id == sessions.c.id,
@@ -272,7 +284,8 @@ class Reader:
 
     # -- responses ----------------------------------------------------------------------------------
 
-    def _response_scope(self, filters: Filters) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
+    def _response_scope(self, filters: Filters, *, walk_sort_index: bool = False
+                        ) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
         where: list[sa.ColumnElement[bool]] = []
         from_: sa.FromClause = responses
         if filters.session_id is not None:
@@ -289,19 +302,43 @@ class Reader:
             for column, value in ((requests.c.model, filters.model), (requests.c.provider, filters.provider),
                                   (requests.c.api_key_hash, filters.api_key_hash)):
                 if value is not None:
-                    where.append(column == value)
+                    # `|| ''` (same value) keeps SQLite off that column's index: see _walk_sort_index.
+                    where.append((column.concat("") if walk_sort_index else column) == value)
+        return from_, where
+
+    def _responses_where(self, filters: Filters, sort: Sort, walk_sort_index: bool = False
+                         ) -> tuple[sa.FromClause, list[sa.ColumnElement[bool]]]:
+        from_, where = self._response_scope(filters, walk_sort_index=walk_sort_index)
+        if sort == "duration":
+            # The writer always records a duration; a row without one (imported) has no place in this order.
+            where.append(responses.c.duration_ms.is_not(None))
         return from_, where
 
     def list_responses(self, filters: Filters, page: PageRequest, *, include_bodies: bool = False) -> Page:
-        from_, where = self._response_scope(filters)
-        if page.sort == "duration":
-            # The writer always records a duration; a row without one (imported) has no place in this order.
-            where.append(responses.c.duration_ms.is_not(None))
         # time: idx_responses_timestamp; duration: idx_responses_duration (migration 0002). On SQLite both
         # end with the rowid `id`, serving the tie-break; PostgreSQL wants (timestamp, id), (duration_ms, id).
         keys = {"time": responses.c.timestamp, "duration": responses.c.duration_ms}
         columns = RESPONSE_COLUMNS + RESPONSE_BODIES if include_bodies else RESPONSE_COLUMNS
-        return self._page(columns, from_, where, keys, responses.c.id, page)
+        with self.engine.connect() as connection:
+            # Worth a look at the rollups when counting (or listing) would read rows or join: a status or
+            # a request attribute. Unfiltered, COUNT walks an index about as fast.
+            useful = page.sort == "time" and (filters.status is not None or bool(_request_attributes(filters)))
+            counts = _rollup_counts(connection, filters) if useful else None
+            total = None
+            # The rollups count exactly what these filters keep, unless a time range cuts through hours.
+            if counts is not None and all(t is None or t % HOUR_MS == 0 for t in (filters.since, filters.until)):
+                total = counts.matching(filters.status)
+            walk = _walk_sort_index(counts, filters, page)
+            if walk and total is None and page.cursor is None:
+                # Counted the way SQLite plans it (from the attribute's index): walking would read every row.
+                from_, where = self._responses_where(filters, page.sort)
+                total = connection.execute(sa.select(sa.func.count()).select_from(from_).where(*where)).scalar_one()
+            from_, where = self._responses_where(filters, page.sort, walk)
+            if walk and counts is not None and counts.first_hour is not None and counts.last_hour is not None:
+                # Exact bounds (the rollups mirror the rows): the walk starts where the matches are.
+                where += [responses.c.timestamp >= counts.first_hour,
+                          responses.c.timestamp < counts.last_hour + HOUR_MS]
+            return self._read_page(connection, columns, from_, where, keys, responses.c.id, page, total)
 
     def get_response(self, ref: str) -> dict[str, Any] | None:
         condition = _ref(ref, responses.c.id, responses.c.response_id)
@@ -341,15 +378,16 @@ class Reader:
                                                         (usage_hourly.c.provider, filters.provider),
                                                         (usage_hourly.c.api_key_hash, filters.api_key_hash))
                  if value is not None]
-        sums = sa.select(*(sa.func.coalesce(sa.func.sum(usage_hourly.c[name]), 0).label(name) for name in (
-            "requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
-            "duration_ms_sum", "ttft_ms_sum", "ttft_count"))).where(*where)
-        # Timed responses: the histogram counts exactly those with a duration.
-        timed = sa.select(sa.func.coalesce(sa.func.sum(sum(usage_hourly.c[f"h{i:02d}"] for i in range(20))), 0)
-                          ).where(*where)
+        # Timed responses: the histogram counts exactly those with a duration. One scan for all the sums.
+        timed = sa.func.coalesce(sa.func.sum(sum(usage_hourly.c[f"h{i:02d}"] for i in range(20))), 0)
+        sums = sa.select(timed.label("timed"), *(sa.func.coalesce(sa.func.sum(usage_hourly.c[name]), 0).label(name)
+                                                 for name in ("requests", "errors", "streamed", "prompt_tokens",
+                                                              "completion_tokens", "total_tokens", "cost",
+                                                              "duration_ms_sum", "ttft_ms_sum", "ttft_count"))
+                         ).where(*where)
         with self.engine.connect() as connection:
             row = connection.execute(sums).mappings().one()
-            timed_count = connection.execute(timed).scalar_one()
+            timed_count = row["timed"]
             bounds = self._time_bounds(connection, filters)
         return {"total_responses": int(row["requests"]), "prompt_tokens": int(row["prompt_tokens"]),
                 "completion_tokens": int(row["completion_tokens"]), "total_tokens": int(row["total_tokens"]),
@@ -372,6 +410,72 @@ class Reader:
         first = connection.execute(sa.select(sa.func.min(requests.c.timestamp)).where(*where)).scalar()
         last = connection.execute(sa.select(sa.func.max(requests.c.timestamp)).where(*where)).scalar()
         return {"first_timestamp": first, "last_timestamp": last}
+
+
+@dataclass(frozen=True, slots=True)
+class RollupCounts:
+    """Responses as the hourly rollups count them: all of them, those whose request matches the model,
+    provider and key filters (`scoped`), the errors among those, and the first and last hour (bucket
+    start, ms) holding a response that matches every filter, status included (None if there is none)."""
+
+    all: int
+    scoped: int
+    errors: int
+    first_hour: int | None
+    last_hour: int | None
+
+    def matching(self, status: str | None) -> int:
+        if status is None:
+            return self.scoped
+        return self.errors if status == "error" else self.scoped - self.errors
+
+
+def _request_attributes(filters: Filters) -> dict[str, str]:
+    return {name: value for name, value in (("model", filters.model), ("provider", filters.provider),
+                                            ("api_key_hash", filters.api_key_hash)) if value is not None}
+
+
+def _rollup_counts(connection: sa.Connection, filters: Filters) -> RollupCounts | None:
+    """One scan of usage_hourly (hours x models x keys rows, not one per exchange); a time range is
+    widened to whole hours. None when the rollups cannot tell: a session filter, or an empty attribute
+    (they file NULL under '')."""
+    attributes = _request_attributes(filters)
+    if filters.session_id is not None or "" in attributes.values():
+        return None
+    u = usage_hourly
+    conditions = [u.c[name] == value for name, value in attributes.items()]
+    if filters.status is not None:
+        conditions.append(u.c.errors > 0 if filters.status == "error" else u.c.requests > u.c.errors)
+    matched = sa.case((sa.and_(*conditions), u.c.bucket_start)) if conditions else u.c.bucket_start
+    scoped = sa.and_(*conditions[:len(attributes)]) if attributes else None
+
+    def in_scope(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return sa.func.sum(column if scoped is None else sa.case((scoped, column), else_=0))
+
+    hours: list[sa.ColumnElement[bool]] = []
+    if filters.since is not None:
+        hours.append(u.c.bucket_start >= filters.since - filters.since % HOUR_MS)
+    if filters.until is not None:
+        hours.append(u.c.bucket_start < filters.until)
+    row = connection.execute(sa.select(sa.func.sum(u.c.requests), in_scope(u.c.requests), in_scope(u.c.errors),
+                                       sa.func.min(matched), sa.func.max(matched)).where(*hours)).one()
+    return RollupCounts(*(int(value or 0) for value in row[:3]), row[3], row[4])
+
+
+def _walk_sort_index(counts: RollupCounts | None, filters: Filters, page: PageRequest) -> bool:
+    """Whether a response list in time order, filtered on its request's model, provider or key, should
+    walk idx_responses_timestamp, testing each response's request, rather than let SQLite start from
+    that attribute's index on `requests` (its choice), which reads and sorts every response of the
+    model or key before the first row comes out: ~120k rows, over a second, for a common model in a
+    million. Walking (between the first and last hours with a match) reads about rows-needed /
+    share-matching rows if the matches are spread over time, each about half the cost of a row of the
+    other plan, so it wins unless the filters keep few rows. Only in time order (list_responses reads
+    no counts for `duration`): durations depend on the model and the status too much (errors are
+    fast) for that estimate to hold."""
+    if counts is None or not _request_attributes(filters) or counts.first_hour is None:
+        return False
+    needed = (page.offset if page.cursor is None else 0) + page.limit + 1
+    return needed * counts.all < 2 * counts.scoped * max(counts.matching(filters.status), 1)
 
 
 def _usage_columns() -> tuple[sa.ColumnElement[Any], ...]:
