@@ -1,0 +1,124 @@
+"""The recorder alone: how many exchanges/s chatledger's Writer commits into a fresh SQLite file.
+
+No HTTP: records like the gateway's (proxy.py builds them: a RequestRecord when the request leaves,
+a ResponseRecord when the answer ends; ~1 KB of request, ~1 KB of response, non-streaming) go
+straight into `Writer(Store(...).sink)` with the gateway's default settings. The clock runs from the
+first submit to the end of `close()`, which returns once every queued record is committed.
+The records are built before the clock starts, so what is timed is the queue, the rows and SQLite.
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from chatledger.config import Settings
+from chatledger.store import Store
+from chatledger.store.records import RequestRecord, ResponseRecord
+from chatledger.store.writer import Writer
+
+SESSIONS = 2_000  # exchanges are spread over this many conversations, as a busy gateway would see
+API_KEY_HASH = "0123456789abcdef"
+
+
+def request_body(session: int) -> tuple[bytes, dict]:
+    body = {"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": f"Conversation {session}: " + "please summarize the quarterly report. " * 22}]}
+    raw = orjson.dumps(body)
+    return raw, orjson.loads(raw)
+
+
+def response_body() -> bytes:
+    return orjson.dumps({
+        "id": "chatcmpl-writer", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "The report shows steady growth. " * 28}}],
+        "usage": {"prompt_tokens": 250, "completion_tokens": 200, "total_tokens": 450}})
+
+
+def build_records(count: int) -> list[tuple[RequestRecord, ResponseRecord]]:
+    """`count` exchanges; bodies are shared between records (their content does not change the cost)."""
+    bodies = [request_body(session) for session in range(SESSIONS)]
+    answer = response_body()
+    now = int(time.time() * 1000)
+    exchanges = []
+    for index in range(count):
+        raw, parsed = bodies[index % SESSIONS]
+        request_id = str(uuid.uuid4())
+        request = RequestRecord(
+            request_id=request_id, timestamp=now + index // 100, method="POST", path="/v1/chat/completions",
+            endpoint="chat", body=parsed, openai_request=raw, provider_request=None, model="gpt-4o-mini",
+            provider="openai", upstream_model="gpt-4o-mini", stream=False, session_hint=None,
+            api_key_hash=API_KEY_HASH)
+        response = ResponseRecord(request_id=request_id, response_id=str(uuid.uuid4()), timestamp=now + index // 100,
+                                  status_code=200, duration_ms=3, openai_response=answer)
+        exchanges.append((request, response))
+    return exchanges
+
+
+async def feed(writer: Writer, exchanges: list[tuple[RequestRecord, ResponseRecord]], window: int) -> None:
+    """Submit everything, never more than `window` records ahead of the commits (the writer drops
+    records beyond its byte budget, as the gateway would under a store that cannot keep up)."""
+    for index, (request, response) in enumerate(exchanges):
+        writer.submit(request)
+        writer.submit(response)
+        if index % 256 == 0:
+            while writer.stats.submitted - writer.stats.committed > window:
+                await asyncio.sleep(0.005)  # seldom enough not to fight the writer thread for the GIL
+
+
+async def measure(database: Path, exchanges: list[tuple[RequestRecord, ResponseRecord]]) -> dict[str, object]:
+    settings = Settings(_env_file=None)  # the defaults, not a .env that happens to be around
+    store = Store.open(database_path=database, session_timeout_ms=settings.session_timeout,
+                       synchronous=settings.sqlite_synchronous)
+    writer = Writer(store.sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
+                    max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
+                    dead_letter_path=store.dead_letter_path())
+    writer.start()
+    started = time.perf_counter()
+    await feed(writer, exchanges, window=50_000)
+    fed = time.perf_counter()
+    await asyncio.to_thread(writer.close, 600.0)
+    elapsed = time.perf_counter() - started
+    store.close()
+    stats = writer.stats
+    return {"exchanges": len(exchanges), "seconds": elapsed, "feed_seconds": fed - started,
+            "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
+            "batches": stats.batches, "dropped": stats.dropped, "dead_lettered": stats.dead_lettered,
+            "request_bytes": len(exchanges[0][0].openai_request),
+            "response_bytes": len(exchanges[0][1].openai_response or b"")}
+
+
+def count_rows(database: Path) -> dict[str, int]:
+    with sqlite3.connect(database) as connection:
+        return {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("requests", "responses", "sessions")}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="Benchmark chatledger's recorder alone.")
+    parser.add_argument("--exchanges", type=int, default=200_000)
+    parser.add_argument("--dir", type=Path, default=None, help="where to create the SQLite file (default: a temp dir)")
+    args = parser.parse_args(argv)
+    exchanges = build_records(args.exchanges)
+    with tempfile.TemporaryDirectory(prefix="chatledger-writer-", dir=args.dir) as directory:
+        database = Path(directory) / "writer.db"
+        result = asyncio.run(measure(database, exchanges))
+        result["rows"] = count_rows(database)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
