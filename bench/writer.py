@@ -17,12 +17,12 @@ import sqlite3
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import orjson
 
 from chatledger.config import Settings
+from chatledger.ids import uuid7
 from chatledger.store import Store
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.writer import Writer
@@ -55,13 +55,13 @@ def build_records(count: int) -> list[tuple[RequestRecord, ResponseRecord]]:
     exchanges = []
     for index in range(count):
         raw, parsed = bodies[index % SESSIONS]
-        request_id = str(uuid.uuid4())
+        request_id = uuid7()
         request = RequestRecord(
             request_id=request_id, timestamp=now + index // 100, method="POST", path="/v1/chat/completions",
             endpoint="chat", body=parsed, openai_request=raw, provider_request=None, model="gpt-4o-mini",
             provider="openai", upstream_model="gpt-4o-mini", stream=False, session_hint=None,
             api_key_hash=API_KEY_HASH)
-        response = ResponseRecord(request_id=request_id, response_id=str(uuid.uuid4()), timestamp=now + index // 100,
+        response = ResponseRecord(request_id=request_id, response_id=uuid7(), timestamp=now + index // 100,
                                   status_code=200, duration_ms=3, openai_response=answer)
         exchanges.append((request, response))
     return exchanges
