@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 
@@ -26,7 +27,10 @@ def test_chat_completion_is_relayed_and_recorded(gateway, client, upstream_reque
         reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens)
     assert response["finish_reason"] == "stop" and response["error"] is None
     assert response["status_code"] == 200 and response["duration_ms"] >= 0
-    assert len(request["request_id"]) == 36 and len(response["response_id"]) == 36
+    # UUIDv7: time-ordered, so the recorder's unique indexes grow at their end.
+    assert uuid.UUID(request["request_id"]).version == 7 and uuid.UUID(response["response_id"]).version == 7
+    assert request["request_id"] < response["response_id"] or \
+        request["request_id"][:13] == response["response_id"][:13]  # same millisecond: random order
 
 
 def test_upstream_gets_its_own_key_never_the_clients(gateway, client, upstream_requests):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import orjson
 
 from chatledger.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamHTTPError
 from chatledger.gateway.asgi import BodyTooLarge, Receive, Scope, Send, read_body, send_bytes, send_error
+from chatledger.ids import uuid7
 from chatledger.providers import Endpoint, ProviderCall, UpstreamRequest
 from chatledger.routing import Router
 from chatledger.sessions import api_key_fingerprint
@@ -101,7 +101,7 @@ class Exchange:
         self.path = path
         self.started = time.perf_counter()
         self.timestamp = _now_ms()
-        self.request_id = str(uuid.uuid4())
+        self.request_id = uuid7()
         self.raw = b""
         self.body: dict[str, Any] = {}
         self.authorization: str | None = None
@@ -134,7 +134,7 @@ class Exchange:
             await writer.submit_and_wait(record, self.context.ack_timeout)
 
     def response(self, status: int, **fields: Any) -> ResponseRecord:
-        return ResponseRecord(request_id=self.request_id, response_id=str(uuid.uuid4()), timestamp=_now_ms(),
+        return ResponseRecord(request_id=self.request_id, response_id=uuid7(), timestamp=_now_ms(),
                               status_code=status, duration_ms=self.elapsed_ms(), **fields)
 
     async def fail(self, send: Send, error: GatewayError) -> None:

@@ -141,9 +141,7 @@ def index_new_rows(database: Path) -> bool:
         with translated(database):
             if "search_index" not in tables(holder):
                 return False
-            indexer = SearchIndexer(holder)
-            while indexer.due(idle=True):
-                indexer.run(holder)
+            SearchIndexer(holder).drain(holder)
     finally:
         holder.close()
     return True

@@ -108,8 +108,9 @@ class PostgresSink:
     def shutdown(self) -> None:
         self.close()
 
-    def maintain(self, idle: bool) -> None:
+    def maintain(self, idle: bool) -> float | None:
         """Nothing to do between batches: the search vectors are written with the rows."""
+        return None
 
     def write(self, records: list[Record]) -> None:
         try:

@@ -1,9 +1,12 @@
 """The full-text index, filled behind the recorder rather than inside its transactions.
 
-FTS5 is the costliest part of recording (tokenizing, then flushing a segment at every commit), and
-it costs less per row in big transactions. So the writer commits the exchange rows (and releases
-the responses waiting on them) first, and this indexer adds the batch's text in its own
-transaction: at once when the writer is idle, else every `max_rows` rows or `max_delay` seconds.
+FTS5 is the costliest part of recording (tokenizing, then writing a segment at every commit), and it
+costs far less per row in big transactions: indexing one exchange on its own costs about as much as
+recording it. So the writer commits the exchange rows (and releases the responses waiting on them)
+first, and this indexer adds the text later in its own transactions: once `min_rows` rows wait, or
+the oldest has waited `idle_delay` seconds and the writer has nothing else to do, or `max_delay`
+seconds in any case; at most `chunk` rows per transaction, so the write lock (which the next batch
+of responses waits for) is never held long. Search therefore lags the rows by up to about a second.
 A watermark in `metadata` (`search_indexed_through`, the highest response id indexed) lets a
 restarted gateway index from the stored rows whatever a crash left out.
 """
@@ -42,8 +45,11 @@ def _loads(text: str | None) -> dict:
 
 
 class SearchIndexer:
-    def __init__(self, connection: sqlite3.Connection, *, max_rows: int = 4096, max_delay: float = 1.0) -> None:
-        self._max_rows = max_rows
+    def __init__(self, connection: sqlite3.Connection, *, min_rows: int = 256, chunk: int = 1024,
+                 idle_delay: float = 0.2, max_delay: float = 1.0) -> None:
+        self._min_rows = min_rows
+        self._chunk = chunk
+        self._idle_delay = idle_delay
         self._max_delay = max_delay
         self._backlog: list[tuple[int, str, str]] = []
         self._oldest = 0.0
@@ -61,14 +67,28 @@ class SearchIndexer:
             return True
         if not self._backlog:
             return False
-        return idle or len(self._backlog) >= self._max_rows or time.monotonic() - self._oldest >= self._max_delay
+        waited = time.monotonic() - self._oldest
+        return len(self._backlog) >= self._min_rows or waited >= (self._idle_delay if idle else self._max_delay)
+
+    def due_in(self) -> float | None:
+        """Seconds until the backlog is due once the writer is idle (None: nothing waits)."""
+        if self._catch_up_after is not None:
+            return 0.0
+        if not self._backlog:
+            return None
+        return max(0.0, self._oldest + self._idle_delay - time.monotonic())
+
+    def drain(self, connection: sqlite3.Connection) -> None:
+        """Index everything now (at shutdown)."""
+        while self._catch_up_after is not None or self._backlog:
+            self.run(connection)
 
     def run(self, connection: sqlite3.Connection) -> None:
         """Index one chunk, in its own transaction. The caller maps sqlite3 errors (the backlog stays)."""
         if self._catch_up_after is not None:
             self._catch_up(connection)
             return
-        rows = self._backlog
+        rows = self._backlog[:self._chunk]
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany(INSERT_SEARCH, rows)
@@ -78,7 +98,10 @@ class SearchIndexer:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        self._backlog = []
+        del self._backlog[:len(rows)]
+        if self._backlog:
+            # What is left waits from now: the next chunk goes after the next batch, or when quiet.
+            self._oldest = time.monotonic() - self._idle_delay
 
     def _catch_up(self, connection: sqlite3.Connection) -> None:
         after = self._catch_up_after

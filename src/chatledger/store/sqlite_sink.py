@@ -78,14 +78,13 @@ class SQLiteSink:
 
     def shutdown(self) -> None:
         with contextlib.suppress(sqlite3.Error):
-            while self._search.due(idle=True):
-                self._search.run(self._connection)
+            self._search.drain(self._connection)
         self._checkpointer.stop()
         with contextlib.suppress(sqlite3.Error):
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.close()
 
-    def maintain(self, idle: bool) -> None:
+    def maintain(self, idle: bool) -> float | None:
         """Between batches: feed the search index, then keep the WAL bounded."""
         try:
             if self._search.due(idle):
@@ -93,6 +92,7 @@ class SQLiteSink:
         except sqlite3.DatabaseError as exc:
             raise TransientStoreError(str(exc)) from exc
         self._checkpoint_if_needed()
+        return self._search.due_in()
 
     def _checkpoint_if_needed(self) -> None:
         """Ask for a checkpoint once the WAL holds WAL_CHECKPOINT_BYTES (SQLite's own default point);

@@ -44,7 +44,9 @@ class Sink(Protocol):
     def reconnect(self) -> None: ...
     def close(self) -> None: ...
     def shutdown(self) -> None: ...  # close for good
-    def maintain(self, idle: bool) -> None: ...  # housekeeping between batches (search index, WAL)
+    # Housekeeping between batches (search index, WAL). Returns in how many seconds it wants another
+    # call should no batch come before (None: nothing pending).
+    def maintain(self, idle: bool) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -196,6 +198,7 @@ class Writer:
         stopping = False
         backoff = 0.05
         spill_offset: int | None = None  # set while `pending` holds records read from the spill file
+        housekeeping_in: float | None = None  # when the sink wants to be called back, though quiet
         while True:
             if not pending:
                 if self._spill is not None and self._spill.unread and self._queue.empty():
@@ -205,7 +208,10 @@ class Writer:
                 elif stopping:
                     break
                 else:
-                    stopping = self._take(pending, block=True)
+                    try:
+                        stopping = self._take(pending, block=True, timeout=housekeeping_in)
+                    except queue.Empty:  # quiet: the housekeeping deferred so far is due
+                        housekeeping_in = self._maintain(sink, idle=True)
                     continue
             if spill_offset is None:
                 stopping = self._gather(pending, stopping)
@@ -232,15 +238,20 @@ class Writer:
                 spill_offset = None
             else:
                 self._note_success(batch)
-            try:
-                # After the waiters of this batch were released; `idle` when nothing else is queued.
-                sink.maintain(idle=not pending and self._queue.empty())
-            except TransientStoreError as exc:
-                log.warning("store housekeeping failed: %s", exc)
+            # After the waiters of this batch were released; `idle` when nothing else is queued.
+            housekeeping_in = self._maintain(sink, idle=not pending and self._queue.empty())
         self._keep_unwritten(pending, spill_offset)
         sink.shutdown()
         if self._spill is not None:
             self._spill.close()
+
+    @staticmethod
+    def _maintain(sink: Sink, *, idle: bool) -> float | None:
+        try:
+            return sink.maintain(idle=idle)
+        except TransientStoreError as exc:
+            log.warning("store housekeeping failed: %s", exc)
+            return 1.0
 
     def _keep_unwritten(self, pending: collections.deque, spill_offset: int | None) -> None:
         """A forced stop (the store is down): memory's records go to the front of the spill file."""
