@@ -45,7 +45,7 @@ def _loads(text: str | None) -> dict:
 
 
 class SearchIndexer:
-    def __init__(self, connection: sqlite3.Connection, *, min_rows: int = 256, chunk: int = 1024,
+    def __init__(self, connection: sqlite3.Connection, *, min_rows: int = 256, chunk: int = 256,
                  idle_delay: float = 0.2, max_delay: float = 1.0) -> None:
         self._min_rows = min_rows
         self._chunk = chunk
