@@ -36,7 +36,10 @@ ON CONFLICT(id) DO UPDATE SET message_count = sessions.message_count + excluded.
                               expires_at = MAX(sessions.expires_at, excluded.expires_at)
 """
 
-ADVANCE_SESSION = "UPDATE sessions SET parent_id = ?, chat_id = COALESCE(chat_id, ?) WHERE id = ?"
+# Rows of (parent_id, chat_id, session id). chat_id is set once, by its own statement: SQLite rewrites
+# an index entry for every column an UPDATE sets, changed or not (a page per commit for nothing).
+ADVANCE_SESSION = "UPDATE sessions SET parent_id = ?1 WHERE id = ?3"
+SET_CHAT_ID = "UPDATE sessions SET chat_id = ?2 WHERE id = ?3 AND chat_id IS NULL AND ?2 IS NOT NULL"
 
 INSERT_REQUEST = f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 INSERT_RESPONSE = (f"INSERT INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
@@ -121,6 +124,7 @@ class SQLiteSink:
                 connection.executemany(INSERT_REQUEST, rows.requests)
                 connection.executemany(INSERT_RESPONSE, rows.responses)
                 connection.executemany(ADVANCE_SESSION, rows.advanced)
+                connection.executemany(SET_CHAT_ID, rows.advanced)
                 connection.executemany(UPSERT_USAGE, rows.usage)
                 connection.execute("COMMIT")
             except BaseException:
