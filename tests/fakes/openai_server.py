@@ -101,9 +101,11 @@ async def _stream_chat(request: web.Request, body: dict[str, Any], completion_id
     await emit([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
     words = answer.split(" ") if answer else []
     for i, word in enumerate(words):
+        if model == "hang" and i == 1:
+            # Noted before the word goes out, so a client that saw it can count on the note.
+            request.app[STALLED].append(completion_id)
         await emit([{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}])
         if model == "hang" and i == 1:
-            request.app[STALLED].append(completion_id)
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
