@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # How long the end of a response may wait for its exchange to be committed.
     writer_ack_timeout_ms: int = 1000
     writer_max_pending_mb: int = 256
+    # The recorder thread's nice value (Linux): under CPU contention the event loop comes first and
+    # the recorder catches up in bigger batches. 0 treats them alike.
+    writer_niceness: int = Field(default=10, ge=0, le=19)
     # Where records beyond that backlog wait for the store (per replica; default: beside DATABASE_PATH).
     writer_spill_path: Path | None = None
     # SQLite `synchronous`: NORMAL survives a process crash; FULL also survives power loss.

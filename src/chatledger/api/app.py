@@ -37,7 +37,7 @@ def build_query_api(gateway: ChatLedgerApp) -> FastAPI:
     app = FastAPI(title="chatledger query API", version="1", description=DESCRIPTION,
                   dependencies=[Depends(require_admin)])
     app.state.gateway = gateway
-    app.state.reader = Reader(gateway.store.engine)
+    app.state.reader = Reader(gateway.store.engine, gateway.store.database_path)
     for module in (sessions, requests, responses, usage, search):
         app.include_router(module.router)
     app.add_exception_handler(GatewayError, _gateway_error)

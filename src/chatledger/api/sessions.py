@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from chatledger.api.deps import ListPage, PageDep, ReaderDep, SessionFiltersDep, list_body
@@ -73,7 +73,11 @@ def session_stats(reader: ReaderDep, session_id: str) -> dict[str, Any]:
 
 @router.delete("/v1/sessions/{session_id}", response_model=Deleted,
                summary="Delete a session with its requests and responses")
-def delete_session(reader: ReaderDep, session_id: str) -> dict[str, Any]:
-    if not reader.delete_session(session_id):
+def delete_session(request: Request, reader: ReaderDep, session_id: str) -> dict[str, Any]:
+    gone = reader.delete_session(session_id)
+    if gone is None:
         raise session_not_found(session_id)
+    indexer = request.app.state.gateway.search_indexer
+    if indexer is not None:
+        indexer.forget(gone)
     return {"id": session_id, "deleted": True}

@@ -67,6 +67,10 @@ async def health(app: ChatLedgerApp, scope: Scope, receive: Receive, send: Send)
         store.update(healthy=writer.healthy, last_error=writer.last_error, submitted=writer.stats.submitted,
                      committed=writer.stats.committed, dropped=writer.stats.dropped,
                      dead_lettered=writer.stats.dead_lettered)
+    indexer = app.search_indexer
+    if indexer is not None:
+        backlog = await asyncio.to_thread(indexer.backlog)
+        store["search"] = {"indexed": indexer.indexed, "backlog": backlog, "last_error": indexer.last_error}
     status = "ok" if writer is None or writer.healthy else "degraded"
     await send_json(send, 200, {"status": status, "store": store, "active_provider": app.router.active_provider})
 

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatledger.ops.errors import DatabaseLocked, NotFound, Refused
+from chatledger.ops.errors import NotFound, Refused
 from chatledger.ops.legacy_rows import LegacyExchange, convert, map_columns, response_id_for
 from chatledger.ops.revisions import upgrade
-from chatledger.ops.sqlite import LEGACY_TABLE, companion, connect, lock_exclusive, tables, translated
+from chatledger.ops.sqlite import LEGACY_TABLE, companion, connect, tables, translated
 from chatledger.pricing import Pricer
 from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, restarted_session_id, session_key
 from chatledger.store.engine import configure_sqlite_connection
 from chatledger.store.rollups import UPSERT_USAGE, Exchange, RollupBatch
-from chatledger.store.search_indexer import SearchIndexer
+from chatledger.store.search_index import SQLiteSearchIndex
 from chatledger.store.sqlite_sink import ADVANCE_SESSION
 
 UPSERT_SESSION = """
@@ -129,21 +129,19 @@ def import_legacy(legacy: Path, database: Path, *, session_timeout_ms: int, grou
 
 
 def index_new_rows(database: Path) -> bool:
-    """Run the recorder's search-index catch-up over the imported rows, holding the database alone so
-    no gateway indexes the same rows meanwhile. False (not indexed) if a gateway has the file open."""
-    try:
-        holder = lock_exclusive(database, busy_timeout_ms=200)
-    except DatabaseLocked:
-        return False
-    if holder is None:
-        return False
-    try:
-        with translated(database):
-            if "search_index" not in tables(holder):
-                return False
-            SearchIndexer(holder).drain(holder)
-    finally:
-        holder.close()
+    """Put the imported rows into the search index now, as a gateway's indexer would (several
+    indexers take turns on the index file). False if the index could not be written just now."""
+    with translated(database):
+        try:
+            index = SQLiteSearchIndex(database, busy_timeout_ms=2000)
+        except sqlite3.OperationalError:
+            return False
+        try:
+            index.catch_up()
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            index.close()
     return True
 
 

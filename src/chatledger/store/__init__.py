@@ -11,6 +11,8 @@ from chatledger.pricing import Pricer
 from chatledger.store import migrate
 from chatledger.store.engine import create_engine, psycopg_conninfo
 from chatledger.store.postgres_sink import PostgresSink
+from chatledger.store.search_index import SQLiteSearchIndex, search_path
+from chatledger.store.search_indexer import SearchBackend
 from chatledger.store.sqlite_sink import SQLiteSink
 from chatledger.store.writer import Sink
 
@@ -46,6 +48,16 @@ class Store:
             raise NotImplementedError(f"recording into {self.dialect} is not supported")
         return SQLiteSink(self.database_path, session_timeout_ms=self.session_timeout_ms,
                           synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms, pricer=pricer)
+
+    def search_backend(self) -> SearchBackend | None:
+        """What the background search indexer fills; None where the sink writes search rows itself."""
+        if self.database_path is None:
+            return None
+        return SQLiteSearchIndex(self.database_path, synchronous=self.synchronous,
+                                 busy_timeout_ms=self.busy_timeout_ms)
+
+    def search_path(self) -> Path | None:
+        return search_path(self.database_path) if self.database_path is not None else None
 
     def dead_letter_path(self) -> Path | None:
         if self.database_path is None:

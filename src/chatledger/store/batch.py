@@ -56,15 +56,17 @@ class OpenRequest:
     prompt: str  # this turn's text, for the search index
 
 
-def open_request(row: tuple[Any, ...] | Any) -> OpenRequest:
+def open_request(row: tuple[Any, ...] | Any, with_prompt: bool = True) -> OpenRequest:
     """An OpenRequest from a stored request row (FIND_REQUEST_COLUMNS), for a response whose request an
-    earlier run of the writer recorded."""
-    try:
-        body = orjson.loads(row[8])
-    except orjson.JSONDecodeError:
-        body = {}
-    endpoint = "chat" if row[7].endswith("chat/completions") else row[7].rsplit("/", 1)[-1]
-    prompt = prompt_text(body, endpoint) if isinstance(body, dict) else ""
+    earlier run of the writer recorded. `with_prompt`: parse the request for its search text."""
+    prompt = ""
+    if with_prompt:
+        try:
+            body = orjson.loads(row[8])
+        except orjson.JSONDecodeError:
+            body = {}
+        endpoint = "chat" if row[7].endswith("chat/completions") else row[7].rsplit("/", 1)[-1]
+        prompt = prompt_text(body, endpoint) if isinstance(body, dict) else ""
     return OpenRequest(row[0], row[1], row[2], row[3] or "", row[4] or "", row[5], bool(row[6]), prompt)
 
 
@@ -95,9 +97,11 @@ class BatchRows:
 
 
 class BatchBuilder:
-    def __init__(self, session_timeout_ms: int, pricer: Pricer | None = None) -> None:
+    def __init__(self, session_timeout_ms: int, pricer: Pricer | None = None, *, search_rows: bool = True) -> None:
         self._session_timeout_ms = session_timeout_ms
         self._pricer = pricer
+        # Whether the sink writes search text with the rows (else an indexer reads it from them later).
+        self._search_rows = search_rows
         # session key -> (session id, expires_at); trusted only to say "still active".
         self._sessions: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
         # request uuid -> what its response row needs, for requests whose response is not written yet.
@@ -159,7 +163,8 @@ class BatchBuilder:
                                   record.api_key_hash, now))
             rows.opened[record.request_id] = OpenRequest(row_id, session_id, record.model, record.provider,
                                                          record.upstream_model, record.api_key_hash, record.stream,
-                                                         prompt_text(record.body, record.endpoint))
+                                                         prompt_text(record.body, record.endpoint)
+                                                         if self._search_rows else "")
         rows.sessions = [session_rows[session_id] for session_id in sorted(session_rows)]
 
     def _resolve_session(self, record: RequestRecord, key: str | None, latest: dict[str, tuple[str, int] | None],
@@ -205,7 +210,7 @@ class BatchBuilder:
         for record, link, row_id in zip(records, links, ids, strict=True):
             if link is None:
                 raise UnknownRequest(f"response {record.response_id} for unknown request {record.request_id}")
-            fields = response_fields(record)
+            fields = response_fields(record, with_text=self._search_rows)
             parent_id = parents.get(link.session_id)
             if fields.error is None:
                 parents[link.session_id] = record.response_id
@@ -217,7 +222,7 @@ class BatchBuilder:
                                    fields.completion_tokens, fields.prompt_tokens, fields.total_tokens,
                                    fields.finish_reason, fields.error, record.status_code, record.duration_ms,
                                    record.ttft_ms, cost, link.model, link.provider, link.api_key_hash, now))
-            if link.prompt or fields.text:
+            if self._search_rows and (link.prompt or fields.text):
                 rows.search.append((row_id, link.prompt, fields.text))
             rollups.add(Exchange(record.timestamp, link.model, link.provider, link.api_key_hash,
                                  fields.error is not None, link.stream, fields.prompt_tokens,

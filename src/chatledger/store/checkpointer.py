@@ -4,7 +4,8 @@ Left to itself SQLite checkpoints inside the commit that crosses 1000 WAL pages:
 copies pages and fsyncs, and every response waiting on the batch waits for it too (milliseconds).
 The recorder's connection turns automatic checkpoints off and, when the WAL has grown past a size,
 wakes this thread, which runs PASSIVE checkpoints (they never block the writer) until one catches
-up with the end of the WAL; the writer's next transaction then starts the WAL over.
+up with the end of the WAL; the writer's next transaction then starts the WAL over. It runs at a
+lower CPU priority than the event loop and the recorder.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import threading
 from pathlib import Path
 
 from chatledger.store.engine import configure_sqlite_connection
+from chatledger.store.threads import lower_this_threads_priority
 
 log = logging.getLogger("chatledger.writer")
 
 MAX_PASSES = 20
+# Behind the event loop and the recorder: a checkpoint never holds up a commit, so it can wait for CPU.
+NICENESS = 10
 
 
 class Checkpointer:
@@ -40,6 +44,7 @@ class Checkpointer:
         self._thread.join(30)
 
     def _run(self) -> None:
+        lower_this_threads_priority(NICENESS)
         connection: sqlite3.Connection | None = None
         while True:
             self._wake.wait()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 import sqlalchemy as sa
 
 from chatledger.errors import InvalidRequest
+from chatledger.store import search_index
 from chatledger.store.rollups import HOUR_MS
 from chatledger.store.schema import requests, responses, sessions, usage_hourly
 
@@ -129,8 +131,12 @@ def _ref(ref: str, row_id: sa.ColumnElement[Any], uuid: sa.ColumnElement[Any]) -
 
 
 class Reader:
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, ledger_path: Path | None = None) -> None:
+        """`ledger_path`: the SQLite file, whose search index (a file of its own) the reader attaches."""
         self.engine = engine
+        self.ledger_path = ledger_path
+        if ledger_path is not None:
+            search_index.attach_on_checkout(engine, search_index.search_path(ledger_path))
 
     # -- paging -------------------------------------------------------------------------------------
 
@@ -223,12 +229,16 @@ class Reader:
                 "response_count": usage.pop("total_responses"), **usage,
                 "first_timestamp": asked["first_timestamp"], "last_timestamp": last}
 
-    def delete_session(self, session_id: str) -> bool:
+    def delete_session(self, session_id: str) -> list[int] | None:
         """The query API's one write: the session goes, and its requests and responses with it through
-        ON DELETE CASCADE (the engine turns `PRAGMA foreign_keys` on for every SQLite connection)."""
+        ON DELETE CASCADE (the engine turns `PRAGMA foreign_keys` on for every SQLite connection).
+        None when there was no such session; else the ids of the responses that went, which an index
+        in a file of its own (SQLite's search index) must forget too."""
         with self.engine.begin() as connection:
+            answers = list(connection.execute(sa.select(responses.c.id).where(responses.c.session_id == session_id))
+                           .scalars()) if self.ledger_path is not None else []
             deleted = connection.execute(sa.delete(sessions).where(sessions.c.id == session_id)).rowcount
-        return deleted > 0
+        return answers if deleted else None
 
     # -- requests -----------------------------------------------------------------------------------
 

@@ -39,9 +39,10 @@ def _error_message(payload: object) -> str | None:
     return None
 
 
-def response_fields(record: ResponseRecord) -> ResponseFields:
+def response_fields(record: ResponseRecord, *, with_text: bool = True) -> ResponseFields:
+    """The columns of a response row; `with_text`: also the answer's text, for a search index."""
     if record.stream_events is not None:
-        return _streamed_fields(record)
+        return _streamed_fields(record, with_text)
     payload: object = None
     if record.openai_response:
         try:
@@ -54,7 +55,8 @@ def response_fields(record: ResponseRecord) -> ResponseFields:
         fields.prompt_tokens, fields.completion_tokens, fields.total_tokens = usage_of(payload)
         fields.upstream_id = payload.get("id") if isinstance(payload.get("id"), str) else None
         fields.finish_reason = finish_reason_of(payload)
-        fields.text = answer_text(payload)
+        if with_text:
+            fields.text = answer_text(payload)
         fields.cached_tokens = cached_tokens_of(payload)
     if record.status_code >= 400:
         fields.error = fields.error or _error_message(payload) or f"HTTP {record.status_code}"
@@ -63,7 +65,7 @@ def response_fields(record: ResponseRecord) -> ResponseFields:
     return fields
 
 
-def _streamed_fields(record: ResponseRecord) -> ResponseFields:
+def _streamed_fields(record: ResponseRecord, with_text: bool) -> ResponseFields:
     accumulator = ChunkAccumulator()
     for payload in iter_json_payloads(record.stream_events or []):
         accumulator.add(payload)
@@ -74,8 +76,8 @@ def _streamed_fields(record: ResponseRecord) -> ResponseFields:
     if error and not record.cut:
         finish = "error"
     return ResponseFields(orjson.dumps(completion).decode(), text(record.provider_response), accumulator.id,
-                          prompt, completion_tokens, total, finish, error, answer_text(completion),
-                          cached_tokens_of(completion))
+                          prompt, completion_tokens, total, finish, error,
+                          answer_text(completion) if with_text else "", cached_tokens_of(completion))
 
 
 def cached_tokens_of(payload: dict) -> int:

@@ -1,5 +1,6 @@
-"""Full-text search over prompts and answers: SQLite FTS5 (filled by search_indexer.py), or on
-PostgreSQL a generated tsvector with a GIN index ('simple' configuration, written with the rows)."""
+"""Full-text search over prompts and answers: SQLite FTS5 in the index file beside the ledger
+(search_index.py, attached to the reader's connections as `search`), or on PostgreSQL a generated
+tsvector with a GIN index ('simple' configuration). Both are filled behind the recorder."""
 
 from __future__ import annotations
 
@@ -84,6 +85,8 @@ def search(connection: sa.Connection, query: SearchQuery) -> list[dict[str, Any]
         # FTS5 reports a query it cannot parse as an OperationalError; only `syntax=fts` can cause one.
         if query.syntax == "fts" and any(word in str(exc.orig).lower() for word in FTS_QUERY_ERRORS):
             raise BadSearch(f"Cannot read the search expression: {exc.orig}") from exc
+        if "no such table: search_index" in str(exc.orig):
+            return []  # the indexer has not created its file yet: nothing is indexed
         raise
     return [dict(row) for row in rows]
 

@@ -1,126 +1,127 @@
-"""The full-text index, filled behind the recorder rather than inside its transactions.
+"""The thread that keeps the search index behind the ledger, in the machine's spare time.
 
-FTS5 is the costliest part of recording (tokenizing, then writing a segment at every commit), and it
-costs far less per row in big transactions: indexing one exchange on its own costs about as much as
-recording it. So the writer commits the exchange rows (and releases the responses waiting on them)
-first, and this indexer adds the text later in its own transactions: once `min_rows` rows wait, or
-the oldest has waited `idle_delay` seconds and the writer has nothing else to do, or `max_delay`
-seconds in any case; at most `chunk` rows per transaction, so the write lock (which the next batch
-of responses waits for) is never held long. Search therefore lags the rows by up to about a second.
-A watermark in `metadata` (`search_indexed_through`, the highest response id indexed) lets a
-restarted gateway index from the stored rows whatever a crash left out.
+The recorder wakes it after each commit (`notify`: setting an event, nothing more). It waits until
+`min_rows` rows are new or `delay` seconds have passed (indexing one row per transaction would cost
+FTS5 a segment each), then indexes chunks until it has caught up. On Linux it runs at the lowest CPU
+priority, so under load the event loop and the recorder come first and search falls behind; it
+catches up when the load drops. Search results therefore trail the ledger by about `delay` seconds
+when the machine has time to spare, and by the backlog (`backlog()`, on /health) when it has not.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import collections
+import logging
+import threading
 import time
+from typing import Protocol
 
-import orjson
+from chatledger.store.threads import lower_this_threads_priority
 
-from chatledger.store.rows import answer_text, prompt_text
+log = logging.getLogger("chatledger.search")
 
-# Only rows that still exist and are not indexed yet: several worker processes share one index,
-# and each catches up from the same watermark after a restart.
-INSERT_SEARCH = ("INSERT INTO search_index (rowid, prompt, response) "
-                 "SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM responses WHERE id = ?1) "
-                 "AND NOT EXISTS (SELECT 1 FROM search_index WHERE rowid = ?1)")
-SET_WATERMARK = ("INSERT INTO metadata (key, value, updated_at) VALUES ('search_indexed_through', ?, ?) "
-                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at")
-CATCH_UP_CHUNK = 2000
+LOWEST_PRIORITY = 19
 
 
-def _endpoint(path: str) -> str:
-    return "chat" if path.endswith("chat/completions") else path.rsplit("/", 1)[-1]
-
-
-def _loads(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
+class SearchBackend(Protocol):
+    def index_next(self, limit: int) -> int: ...  # rows taken off the backlog; 0 when caught up
+    def backlog(self) -> int: ...
+    def tidy(self) -> int: ...  # once at start: drop what the ledger no longer has
+    def forget(self, response_ids: list[int]) -> None: ...
+    def close(self) -> None: ...
 
 
 class SearchIndexer:
-    def __init__(self, connection: sqlite3.Connection, *, min_rows: int = 256, chunk: int = 256,
-                 idle_delay: float = 0.2, max_delay: float = 1.0) -> None:
-        self._min_rows = min_rows
+    def __init__(self, backend: SearchBackend, *, chunk: int = 256, min_rows: int = 256, delay: float = 0.25,
+                 niceness: int = LOWEST_PRIORITY) -> None:
+        self._backend = backend
         self._chunk = chunk
-        self._idle_delay = idle_delay
-        self._max_delay = max_delay
-        self._backlog: list[tuple[int, str, str]] = []
-        self._oldest = 0.0
-        row = connection.execute("SELECT value FROM metadata WHERE key = 'search_indexed_through'").fetchone()
-        # Rows above the watermark that are not in the backlog were committed before a crash.
-        self._catch_up_after: int | None = int(row[0]) if row else 0
+        self._min_rows = min_rows
+        self._delay = delay
+        self._niceness = niceness
+        self._wake = threading.Event()
+        self._pending = 0  # rows committed since the last run, as the recorder counted them
+        self._forgotten: collections.deque[list[int]] = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.indexed = 0
+        self.last_error: str | None = None
 
-    def add(self, rows: list[tuple[int, str, str]]) -> None:
-        if rows and not self._backlog:
-            self._oldest = time.monotonic()
-        self._backlog.extend(rows)
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chatledger-search", daemon=True)
+        self._thread.start()
 
-    def due(self, idle: bool) -> bool:
-        if self._catch_up_after is not None:
-            return True
-        if not self._backlog:
-            return False
-        waited = time.monotonic() - self._oldest
-        return len(self._backlog) >= self._min_rows or waited >= (self._idle_delay if idle else self._max_delay)
+    def notify(self, committed_rows: int) -> None:
+        """Called by the recorder after a commit (from its thread)."""
+        self._pending += committed_rows
+        self._wake.set()
 
-    def due_in(self) -> float | None:
-        """Seconds until the backlog is due once the writer is idle (None: nothing waits)."""
-        if self._catch_up_after is not None:
-            return 0.0
-        if not self._backlog:
+    def forget(self, response_ids: list[int]) -> None:
+        """Responses deleted from the ledger: the thread takes them out of the index shortly."""
+        if response_ids:
+            self._forgotten.append(response_ids)
+            self._wake.set()
+
+    def backlog(self) -> int | None:
+        try:
+            return self._backend.backlog()
+        except Exception as exc:  # noqa: BLE001 - a figure for /health; the store reports its own failures
+            log.debug("search backlog unknown: %s", exc)
             return None
-        return max(0.0, self._oldest + self._idle_delay - time.monotonic())
 
-    def drain(self, connection: sqlite3.Connection) -> None:
-        """Index everything now (at shutdown)."""
-        while self._catch_up_after is not None or self._backlog:
-            self.run(connection)
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the chunk in hand; what is left is indexed at the next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._backend.close()
 
-    def run(self, connection: sqlite3.Connection) -> None:
-        """Index one chunk, in its own transaction. The caller maps sqlite3 errors (the backlog stays)."""
-        if self._catch_up_after is not None:
-            self._catch_up(connection)
-            return
-        rows = self._backlog[:self._chunk]
-        connection.execute("BEGIN IMMEDIATE")
+    def _run(self) -> None:
+        lower_this_threads_priority(self._niceness)
         try:
-            connection.executemany(INSERT_SEARCH, rows)
-            connection.execute(SET_WATERMARK, (str(max(row[0] for row in rows)), int(time.time() * 1000)))
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        del self._backlog[:len(rows)]
-        if self._backlog:
-            # What is left waits from now: the next chunk goes after the next batch, or when quiet.
-            self._oldest = time.monotonic() - self._idle_delay
+            self._backend.tidy()
+        except Exception as exc:  # noqa: BLE001 - tidying is a courtesy; indexing goes on without it
+            log.warning("search index not tidied: %s", exc)
+        self._catch_up()  # whatever an earlier run left behind
+        while not self._stopping:
+            self._wake.wait()
+            if self._stopping:
+                break
+            self._forget()
+            # Let rows gather: FTS5 writes a segment per transaction, so bigger ones cost less per row.
+            deadline = time.monotonic() + self._delay
+            while self._pending < self._min_rows and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, 0.05))
+            self._wake.clear()
+            self._pending = 0
+            self._catch_up()
 
-    def _catch_up(self, connection: sqlite3.Connection) -> None:
-        after = self._catch_up_after
-        assert after is not None
-        pending = {row[0] for row in self._backlog}
-        rows = connection.execute(
-            "SELECT s.id, q.path, q.openai_request, s.openai_response FROM responses s "
-            "JOIN requests q ON q.id = s.request_id WHERE s.id > ? ORDER BY s.id LIMIT ?",
-            (after, CATCH_UP_CHUNK)).fetchall()
-        found = [(row_id, prompt_text(_loads(request), _endpoint(path)), answer_text(_loads(response)))
-                 for row_id, path, request, response in rows if row_id not in pending]
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.executemany(INSERT_SEARCH, found)
-            if rows:
-                connection.execute(SET_WATERMARK, (str(rows[-1][0]), int(time.time() * 1000)))
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        self._catch_up_after = rows[-1][0] if len(rows) == CATCH_UP_CHUNK else None
+    def _forget(self) -> None:
+        while self._forgotten:
+            response_ids = self._forgotten.popleft()
+            try:
+                self._backend.forget(response_ids)
+            except Exception as exc:  # noqa: BLE001 - left for `tidy` at the next start
+                log.warning("could not take %d deleted responses out of the search index: %s",
+                            len(response_ids), exc)
+
+    def _catch_up(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                count = self._backend.index_next(self._chunk)
+            except Exception as exc:  # noqa: BLE001 - a busy or failing store: search waits, recording goes on
+                if str(exc) != self.last_error:
+                    log.warning("search indexing paused: %s", exc)
+                self.last_error = str(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.last_error = None
+            self.indexed += count
+            if count < self._chunk:
+                return

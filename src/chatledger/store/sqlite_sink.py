@@ -1,9 +1,10 @@
 """The SQLite side of the recorder: one connection, one `BEGIN IMMEDIATE` transaction per batch.
 
 Row ids are allocated here, inside the write lock, so a batch goes in with `executemany` and no
-per-row round trip. What the rows are (sessions folded per batch, parent_id, cost, rollups, search
-text) is decided by batch.py, shared with the PostgreSQL sink; the search text is indexed just
-behind the commits (search_indexer.py).
+per-row round trip (and ids commit in order, which the search index relies on). What the rows are
+(sessions folded per batch, parent_id, cost, rollups) is decided by batch.py, shared with the
+PostgreSQL sink. Search is not the recorder's business here: search_index.py reads the committed
+rows into a file of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from chatledger.store.checkpointer import Checkpointer
 from chatledger.store.engine import configure_sqlite_connection
 from chatledger.store.records import Record
 from chatledger.store.rollups import UPSERT_USAGE
-from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.writer import TransientStoreError
 
 UPSERT_SESSION = f"""
@@ -45,8 +45,13 @@ INSERT_REQUEST = f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({
 INSERT_RESPONSE = (f"INSERT INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * len(RESPONSE_COLUMNS))})")
 
-WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
-WAL_HARD_LIMIT_BYTES = 256 * 1024 * 1024
+# A checkpoint copies each page once however many commits rewrote it, and ends with an fsync of the
+# database file: rarer, bigger checkpoints copy and sync far less per exchange (the same index and
+# session pages change in every commit). The WAL's file shrinks back to WAL_KEPT_BYTES when it starts
+# over, so a size past WAL_CHECKPOINT_BYTES means that much is still to checkpoint.
+WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
+WAL_KEPT_BYTES = 16 * 1024 * 1024
+WAL_HARD_LIMIT_BYTES = 512 * 1024 * 1024
 
 
 class SQLiteSink:
@@ -55,11 +60,10 @@ class SQLiteSink:
         self._path = path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
-        self._builder = BatchBuilder(session_timeout_ms, pricer)
+        self._builder = BatchBuilder(session_timeout_ms, pricer, search_rows=False)
         self._connection = self._connect()
         self._wal = path.with_name(path.name + "-wal")
         self._checkpointer = Checkpointer(path, synchronous)
-        self._search = SearchIndexer(self._connection)
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -68,7 +72,7 @@ class SQLiteSink:
         # response waiting on that batch; the Checkpointer thread does it instead (see `maintain`).
         connection.execute("PRAGMA wal_autocheckpoint=0")
         # Shrink the WAL when it starts over, so its size on disk tells how much is left to checkpoint.
-        connection.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES // 4}")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         return connection
 
     def reconnect(self) -> None:
@@ -80,26 +84,19 @@ class SQLiteSink:
             self._connection.close()
 
     def shutdown(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._search.drain(self._connection)
         self._checkpointer.stop()
         with contextlib.suppress(sqlite3.Error):
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.close()
 
     def maintain(self, idle: bool) -> float | None:
-        """Between batches: feed the search index, then keep the WAL bounded."""
-        try:
-            if self._search.due(idle):
-                self._search.run(self._connection)
-        except sqlite3.DatabaseError as exc:
-            raise TransientStoreError(str(exc)) from exc
+        """Between batches: keep the WAL bounded."""
         self._checkpoint_if_needed()
-        return self._search.due_in()
+        return None
 
     def _checkpoint_if_needed(self) -> None:
-        """Ask for a checkpoint once the WAL holds WAL_CHECKPOINT_BYTES (SQLite's own default point);
-        should the checkpointer fall far behind, checkpoint here, blocking, so the WAL stays bounded."""
+        """Ask for a checkpoint once the WAL holds WAL_CHECKPOINT_BYTES; should the checkpointer fall
+        far behind, checkpoint here, blocking, so the WAL stays bounded."""
         try:
             size = self._wal.stat().st_size
         except FileNotFoundError:
@@ -135,7 +132,6 @@ class SQLiteSink:
             raise
         except sqlite3.DatabaseError as exc:  # locked, busy, read-only, disk full, I/O
             raise TransientStoreError(str(exc)) from exc
-        self._search.add(rows.search)
         self._builder.committed(rows)
 
     # -- Lookups, for the batch builder (inside the write transaction) ------------------------------
@@ -173,5 +169,5 @@ class SQLiteSink:
                 f"SELECT {', '.join(FIND_REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
                 (request_id,)).fetchone()
             if row is not None:
-                found[request_id] = open_request(row)
+                found[request_id] = open_request(row, with_prompt=False)
         return found

@@ -1,11 +1,14 @@
 """The recorder: one thread owns the write connection and commits records in batches.
 
-The event loop only appends to a queue (no I/O, no serialization). The thread gathers a batch (up to
-`batch_size` records, or whatever arrived within `flush_ms`; at once when someone awaits the batch),
-hands it to the sink as one transaction, then wakes the awaiting responses with a single
-`call_soon_threadsafe`. When the sink fails for a reason that may pass (locked, disk full, server
-gone) the batch is kept and retried with backoff, the cause logged once; records that fail on their
-own (a bug, a constraint) are written one by one and the bad ones set aside in a dead-letter file.
+The event loop only appends to a deque (no I/O, no serialization, no lock) and wakes the thread at
+most once per loop iteration: as soon as an answer waits for its commit, or `flush_ms` after the
+first record nobody waits for (a request on its way upstream), or when `batch_size` records wait.
+The thread takes everything that has arrived (up to `batch_size` records per transaction), hands it
+to the sink as one transaction, then wakes the awaiting responses with a single
+`call_soon_threadsafe`. Under load the records of many responses share each commit (group commit).
+When the sink fails for a reason that may pass (locked, disk full, server gone) the batch is kept
+and retried with backoff, the cause logged once; records that fail on their own (a bug, a
+constraint) are written one by one and the bad ones set aside in a dead-letter file.
 When the backlog in memory passes `max_pending_bytes`, new records go to a spill file (spill.py)
 instead of being dropped, and are written, in order and after the backlog, once the store keeps up.
 """
@@ -16,9 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,9 @@ import orjson
 
 from chatledger.store.records import Record, ResponseRecord
 from chatledger.store.spill import Spill
+from chatledger.store.threads import lower_this_threads_priority
 
 log = logging.getLogger("chatledger.writer")
-
-_STOP = object()
-_SPILLED = object()
 
 
 class TransientStoreError(Exception):
@@ -71,6 +70,8 @@ class Writer:
         dead_letter_path: Path | None = None,
         retry_max_s: float = 1.0,
         spill_path: Path | None = None,
+        on_commit: Callable[[int], None] | None = None,
+        niceness: int = 0,
     ) -> None:
         self._sink_factory = sink_factory
         self._batch_size = batch_size
@@ -80,7 +81,16 @@ class Writer:
         self._retry_max_s = retry_max_s
         # Opened here, so a spill file left by an earlier run is replayed (before anything newer).
         self._spill = Spill(spill_path) if spill_path is not None else None
-        self._queue: queue.SimpleQueue[tuple[int, Record, bool] | object] = queue.SimpleQueue()
+        # Called from the writer thread after each commit with the number of responses it held.
+        self._on_commit = on_commit
+        self._niceness = niceness
+        self._inbox: collections.deque[tuple[int, Record, bool]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._flush_requested = False  # a flush_ms timer fired (the thread takes it on)
+        self._wake_scheduled = False  # a wake is due at the end of this loop iteration
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._loop_thread: int | None = None
         self._seq = 0
         self._pending_bytes = 0
         self._pending_lock = threading.Lock()
@@ -99,6 +109,7 @@ class Writer:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         sink = self._sink_factory()  # open in the caller so a bad path fails start-up loudly
         self._thread = threading.Thread(target=self._run, args=(sink,), name="chatledger-writer", daemon=True)
         self._thread.start()
@@ -119,8 +130,42 @@ class Writer:
             self._pending_bytes += size
         self._seq += 1
         self.stats.submitted += 1
-        self._queue.put((self._seq, record, ack))
+        self._inbox.append((self._seq, record, ack))
+        if ack or len(self._inbox) >= self._batch_size:
+            self._wake_soon()
+        elif self._flush_timer is None:
+            self._flush_later()
         return self._seq
+
+    def _on_loop(self) -> bool:
+        return self._loop is not None and threading.get_ident() == self._loop_thread
+
+    def _wake_soon(self) -> None:
+        """Wake the thread once the loop is done with this iteration, so that everything submitted
+        meanwhile goes into the same batch (one thread switch per iteration, not per record)."""
+        if not self._on_loop():
+            self._wake.set()
+        elif not self._wake_scheduled:
+            self._wake_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_scheduled = False
+        self._wake.set()
+
+    def _flush_later(self) -> None:
+        if not self._on_loop():
+            self._flush_requested = True
+            self._wake.set()
+            return
+        assert self._loop is not None
+        self._flush_timer = self._loop.call_later(self._flush_s, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        self._flush_requested = True
+        self._wake.set()
 
     def _to_spill(self, spill: Spill, record: Record) -> int:
         try:
@@ -134,7 +179,7 @@ class Writer:
         if self.stats.spilled == 1 or self.stats.spilled % 10_000 == 0:
             log.warning("recorder backlog is over %d bytes: %d records spilled to %s so far",
                         self._max_pending_bytes, self.stats.spilled, spill.path)
-        self._queue.put(_SPILLED)  # wakes the writer thread, which may be waiting for memory's records
+        self._wake.set()  # the writer thread may be waiting for memory's records
         return 0
 
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
@@ -182,7 +227,8 @@ class Writer:
         """Drain: everything queued is committed before this returns (or the timeout passes)."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        self._stop_requested = True
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("recorder did not drain within %.0fs; %d records unwritten",
@@ -194,30 +240,41 @@ class Writer:
     # -- writer thread -----------------------------------------------------------------------------
 
     def _run(self, sink: Sink) -> None:
+        lower_this_threads_priority(self._niceness)
         pending: collections.deque[tuple[int, Record, bool]] = collections.deque()
-        stopping = False
+        acks = 0  # records in `pending` whose answer waits for their commit
+        flushing = False  # a flush_ms timer fired: write everything pending, awaited or not
         backoff = 0.05
         spill_offset: int | None = None  # set while `pending` holds records read from the spill file
         housekeeping_in: float | None = None  # when the sink wants to be called back, though quiet
         while True:
+            # Cleared before looking, so a wake that comes while we look is not lost.
+            self._wake.clear()
+            if self._flush_requested:
+                self._flush_requested = False
+                flushing = True
+            if spill_offset is None:
+                acks += self._drain(pending)
             if not pending:
-                if self._spill is not None and self._spill.unread and self._queue.empty():
+                if self._spill is not None and self._spill.unread and not self._inbox:
                     # Memory is drained: the spill's records are next (they are all newer).
                     records, spill_offset = self._spill.read(self._batch_size)
                     pending.extend((0, record, False) for record in records)
-                elif stopping:
+                    if not pending:
+                        spill_offset = None
+                        continue
+                elif self._stop_requested:
                     break
                 else:
-                    try:
-                        stopping = self._take(pending, block=True, timeout=housekeeping_in)
-                    except queue.Empty:  # quiet: the housekeeping deferred so far is due
-                        housekeeping_in = self._maintain(sink, idle=True)
+                    housekeeping_in = self._sleep(sink, housekeeping_in)
                     continue
-            if spill_offset is None:
-                stopping = self._gather(pending, stopping)
-            batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
-            if not batch:
+            elif spill_offset is None and not (acks or flushing or self._stop_requested
+                                               or len(pending) >= self._batch_size or not self.healthy
+                                               or (self._spill is not None and self._spill.unread)):
+                # Only records nobody waits for: their flush_ms timer, an answer or more records wake us.
+                housekeeping_in = self._sleep(sink, housekeeping_in)
                 continue
+            batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
             try:
                 self._write(sink, [record for _, record, _ in batch])
             except TransientStoreError as exc:
@@ -237,13 +294,32 @@ class Writer:
                     log.warning("spill file %s written to the store and emptied", self._spill.path)
                 spill_offset = None
             else:
+                acks -= sum(ack for _, _, ack in batch)
                 self._note_success(batch)
+            if not pending:
+                flushing = False
             # After the waiters of this batch were released; `idle` when nothing else is queued.
-            housekeeping_in = self._maintain(sink, idle=not pending and self._queue.empty())
+            housekeeping_in = self._maintain(sink, idle=not pending and not self._inbox)
         self._keep_unwritten(pending, spill_offset)
         sink.shutdown()
         if self._spill is not None:
             self._spill.close()
+
+    def _drain(self, pending: collections.deque[tuple[int, Record, bool]]) -> int:
+        """Move what the event loop submitted into `pending`; returns how many of those are awaited."""
+        inbox = self._inbox
+        acks = 0
+        while inbox:
+            item = inbox.popleft()
+            acks += item[2]
+            pending.append(item)
+        return acks
+
+    def _sleep(self, sink: Sink, housekeeping_in: float | None) -> float | None:
+        """Wait to be woken; when the sink's housekeeping falls due first, do it."""
+        if self._wake.wait(housekeeping_in):
+            return housekeeping_in
+        return self._maintain(sink, idle=True)
 
     @staticmethod
     def _maintain(sink: Sink, *, idle: bool) -> float | None:
@@ -260,49 +336,13 @@ class Writer:
         if spill_offset is not None:
             pending.clear()  # read from the spill, which still holds them
             self._spill.rewind()
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, tuple):
-                pending.append(item)
+        self._drain(pending)
         if pending:
             log.warning("keeping %d unwritten records in %s for the next start", len(pending), self._spill.path)
             try:
                 self._spill.prepend([record for _, record, _ in pending])
             except OSError as exc:
                 log.error("could not keep unwritten records in %s: %s", self._spill.path, exc)
-
-    def _take(self, pending: collections.deque, *, block: bool, timeout: float | None = None) -> bool:
-        """Move one item from the queue to `pending`; returns True when the stop marker came."""
-        item = self._queue.get(block=block, timeout=timeout)
-        if item is _STOP:
-            return True
-        if item is not _SPILLED:
-            pending.append(item)
-        return False
-
-    def _gather(self, pending: collections.deque, stopping: bool) -> bool:
-        deadline = time.monotonic() + self._flush_s
-        while len(pending) < self._batch_size:
-            try:
-                stopping = self._take(pending, block=False) or stopping
-                continue
-            except queue.Empty:
-                pass
-            # Nothing more right now: flush at once if anyone is waiting, else wait up to flush_ms.
-            if stopping or any(ack for _, _, ack in pending) or not self.healthy or \
-                    (self._spill is not None and self._spill.unread):
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                stopping = self._take(pending, block=True, timeout=remaining) or stopping
-            except queue.Empty:
-                break
-        return stopping
 
     def _write(self, sink: Sink, records: list[Record]) -> None:
         try:
@@ -342,6 +382,8 @@ class Writer:
             self.last_error = None
         self.stats.committed += len(batch)
         self.stats.batches += 1
+        if self._on_commit is not None:
+            self._on_commit(sum(isinstance(record, ResponseRecord) for _, record, _ in batch))
         if not in_memory:
             return
         size = sum(record.size() for _, record, _ in batch)
