@@ -24,6 +24,7 @@ import orjson
 from chatledger.config import Settings
 from chatledger.ids import uuid7
 from chatledger.store import Store
+from chatledger.store.journal import Journal
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.writer import Writer
 
@@ -82,9 +83,11 @@ async def measure(database: Path, exchanges: list[tuple[RequestRecord, ResponseR
     settings = Settings(_env_file=None)  # the defaults, not a .env that happens to be around
     store = Store.open(database_path=database, session_timeout_ms=settings.session_timeout,
                        synchronous=settings.sqlite_synchronous)
+    # As the gateway runs it: every record journaled on submit, the thread at its lower priority.
     writer = Writer(store.sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
                     max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
-                    dead_letter_path=store.dead_letter_path())
+                    dead_letter_path=store.dead_letter_path(), journal=Journal(database.parent / "journal"),
+                    ack=settings.recorder_ack(), niceness=settings.writer_niceness)
     writer.start()
     started = time.perf_counter()
     await feed(writer, exchanges, window=50_000)

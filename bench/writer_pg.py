@@ -23,6 +23,7 @@ from writer import build_records, feed  # bench/writer.py: the same records
 
 from chatledger.config import Settings
 from chatledger.store import Store
+from chatledger.store.journal import Journal
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.writer import Writer
 
@@ -34,7 +35,8 @@ async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]
     store = Store.open(database_path=spill.with_name("unused.db"), database_url=url,
                        session_timeout_ms=settings.session_timeout)
     writer = Writer(store.sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
-                    max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024, spill_path=spill)
+                    max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
+                    journal=Journal(spill.parent / "journal"))
     writer.start()
     started = time.perf_counter()
     await feed(writer, exchanges, window=50_000)

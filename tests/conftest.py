@@ -42,12 +42,19 @@ def store_url() -> str | None:
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path, store_url: str | None) -> Iterator[Callable[..., GatewayThread]]:
+def writer_ack() -> str:
+    """WRITER_ACK for the gateways of a test; tests about it parametrize this name."""
+    return "auto"
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path, store_url: str | None, writer_ack: str) -> Iterator[Callable[..., GatewayThread]]:
     started: list[GatewayThread] = []
 
     def start(**values: Any) -> GatewayThread:
         if store_url is not None:
             values.setdefault("database_url", store_url)
+        values.setdefault("writer_ack", writer_ack)
         gateway = GatewayThread(make_settings(tmp_path, **values)).start()
         started.append(gateway)
         return gateway

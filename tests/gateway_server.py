@@ -100,6 +100,20 @@ class GatewayThread(DatabaseMixin):
         self._thread.join(30)
         self.dispose()
 
+    def settle(self) -> None:
+        """Answers go out before their rows are committed: wait for the recorder to have caught up."""
+        writer = self.app.writer
+        if writer is not None and self._thread.is_alive():
+            writer.settle()
+
+    def rows(self, sql: str, *args: Any, **params: Any) -> list[dict[str, Any]]:
+        self.settle()
+        return super().rows(sql, *args, **params)
+
+    def execute(self, sql: str, *args: Any, **params: Any) -> int:
+        self.settle()
+        return super().execute(sql, *args, **params)
+
 
 class GatewayProcess(DatabaseMixin):
     """`python -m chatledger serve` in its own process, for crash and shutdown tests."""

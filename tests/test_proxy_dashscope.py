@@ -265,22 +265,30 @@ def test_mid_stream_error_ends_the_stream_with_an_error_event(gateway, client):
     assert response["provider_response"].count("event:result") == 2
 
 
-def test_stream_end_is_sent_only_once_the_exchange_is_recorded(gateway, client):
+@pytest.mark.parametrize("writer_ack", ["commit", "journal"])
+def test_stream_end_is_sent_only_once_the_exchange_is_recorded(gateway, client, writer_ack):
     ends = watch_stream_ends(gateway)
     list(client.chat.completions.create(model="qwen-plus", stream=True,
                                         messages=[{"role": "user", "content": "read your writes"}]))
 
-    assert ends == [("done", 1)]  # [DONE] was held back until the response row was committed
+    # [DONE] was held back until the response was durable: committed (ack=commit), or in the journal.
+    assert [(kind, journaled) for kind, _, journaled in ends] == [("done", 1)]
+    if writer_ack == "commit":
+        assert [committed for _, committed, _ in ends] == [1]
     assert gateway.count("responses") == 1
 
 
-def test_mid_stream_error_event_is_sent_only_once_the_exchange_is_recorded(gateway, client):
+@pytest.mark.parametrize("writer_ack", ["commit", "journal"])
+def test_mid_stream_error_event_is_sent_only_once_the_exchange_is_recorded(gateway, client, writer_ack):
     ends = watch_stream_ends(gateway)
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="error-midstream", stream=True,
                                             messages=[{"role": "user", "content": "alpha beta gamma"}]))
 
-    assert ends == [("error", 1)]  # the error event, too, waited for the response row
+    # The error event, too, waited for the response to be durable.
+    assert [(kind, journaled) for kind, _, journaled in ends] == [("error", 1)]
+    if writer_ack == "commit":
+        assert [committed for _, committed, _ in ends] == [1]
 
 
 def test_api_key_reaches_dashscope_and_is_never_stored(gateway, client, sent):

@@ -51,8 +51,14 @@ class Settings(BaseSettings):
     # The recorder thread's nice value (Linux): under CPU contention the event loop comes first and
     # the recorder catches up in bigger batches. 0 treats them alike.
     writer_niceness: int = Field(default=10, ge=0, le=19)
-    # Where records beyond that backlog wait for the store (per replica; default: beside DATABASE_PATH).
-    writer_spill_path: Path | None = None
+    # The recorder's journal (per replica; default: `journal/` beside DATABASE_PATH): every record is
+    # appended there first, so a crash loses nothing and a backlog past the memory budget waits there.
+    writer_journal_dir: Path | None = None
+    # When the end of an answer may go out: once its records are in the journal (`journal`), or once
+    # they are committed to the database (`commit`). `auto`: journal, except for SQLite with
+    # synchronous=FULL (a journal write is not fsynced) and PostgreSQL (a replica's local disk may
+    # not outlive it).
+    writer_ack: Literal["auto", "journal", "commit"] = "auto"
     # SQLite `synchronous`: NORMAL survives a process crash; FULL also survives power loss.
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     # How long the recorder waits for a lock held by another process before it retries later.
@@ -68,6 +74,11 @@ class Settings(BaseSettings):
     dashscope_base_url: str | None = None
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
+
+    def recorder_ack(self) -> Literal["journal", "commit"]:
+        if self.writer_ack != "auto":
+            return self.writer_ack
+        return "commit" if self.database_url or self.sqlite_synchronous == "FULL" else "journal"
 
     @field_validator("chatledger_master_key", "openai_api_key", "dashscope_api_key", "anthropic_api_key",
                      mode="before")

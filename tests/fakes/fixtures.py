@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.gateway_server import GatewayThread
+from chatledger.store.journal import HEADER, RESPONSE
+from tests.gateway_server import DatabaseMixin, GatewayThread
 
 
 def headers_of(request: dict[str, Any]) -> dict[str, str]:
@@ -13,8 +14,10 @@ def headers_of(request: dict[str, Any]) -> dict[str, str]:
 
 
 def stored_bytes(gateway: GatewayThread) -> bytes:
-    """Every byte of the gateway's SQLite files (the database, its -wal and -shm) as they are on disk now."""
-    return b"".join(p.read_bytes() for p in sorted(gateway.db_path.parent.iterdir()) if p.is_file())
+    """Every byte the gateway keeps on disk (the database, its -wal and -shm, the search index, the
+    journal), once the recorder has caught up."""
+    gateway.settle()
+    return b"".join(p.read_bytes() for p in sorted(gateway.db_path.parent.rglob("*")) if p.is_file())
 
 
 def only_exchange(gateway: GatewayThread) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -24,20 +27,39 @@ def only_exchange(gateway: GatewayThread) -> tuple[dict[str, Any], dict[str, Any
     return dict(request), dict(response)
 
 
-def watch_stream_ends(gateway: GatewayThread) -> list[tuple[str, int]]:
+def journaled_responses(gateway: GatewayThread) -> int:
+    """How many response records the gateway's journal holds right now (read frame by frame)."""
+    journal = gateway.app.writer.journal
+    assert journal is not None
+    count = 0
+    for segment in sorted(journal.directory.glob("*.log")):
+        data = segment.read_bytes()
+        offset = 0
+        while offset + HEADER.size <= len(data):
+            length, _, kind = HEADER.unpack_from(data, offset)
+            count += kind == RESPONSE
+            offset += HEADER.size + length
+    return count
+
+
+def watch_stream_ends(gateway: GatewayThread) -> list[tuple[str, int, int]]:
     """Note, for each error event or [DONE] the gateway sends on /v1/chat/completions, how many
-    responses rows were committed at that moment (read in the gateway's own loop, so no race)."""
-    seen: list[tuple[str, int]] = []
+    responses rows were committed and how many response records were journaled at that moment
+    (read in the gateway's own loop, so no race)."""
+    seen: list[tuple[str, int, int]] = []
     methods = gateway.app.routes["/v1/chat/completions"]
     handler = methods["POST"]
+
+    def committed() -> int:  # straight from the file: on the loop, there is no waiting for the writer
+        return DatabaseMixin.rows(gateway, "SELECT COUNT(*) AS n FROM responses")[0]["n"]
 
     async def watched(scope: Any, receive: Any, send: Any) -> None:
         async def spy(message: dict[str, Any]) -> None:
             body = message.get("body") or b""
             if b'data: {"error"' in body:
-                seen.append(("error", gateway.count("responses")))
+                seen.append(("error", committed(), journaled_responses(gateway)))
             if b"data: [DONE]" in body:
-                seen.append(("done", gateway.count("responses")))
+                seen.append(("done", committed(), journaled_responses(gateway)))
             await send(message)
 
         await handler(scope, receive, spy)

@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from chatledger.api import requests, responses, search, sessions, usage
-from chatledger.api.deps import require_admin
+from chatledger.api.deps import require_admin, settle_recorder
 from chatledger.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, error_body
 from chatledger.store.reader import Reader
 
@@ -35,7 +35,7 @@ clients are answered.
 def build_query_api(gateway: ChatLedgerApp) -> FastAPI:
     assert gateway.store is not None
     app = FastAPI(title="chatledger query API", version="1", description=DESCRIPTION,
-                  dependencies=[Depends(require_admin)])
+                  dependencies=[Depends(require_admin), Depends(settle_recorder)])
     app.state.gateway = gateway
     app.state.reader = Reader(gateway.store.engine, gateway.store.database_path)
     for module in (sessions, requests, responses, usage, search):

@@ -29,6 +29,14 @@ async def require_admin(request: Request,
     check_admin(master_key, request.headers.get("authorization"), request.client.host if request.client else None)
 
 
+async def settle_recorder(request: Request) -> None:
+    """Answers leave before their rows are committed (the journal holds them meanwhile): before it
+    reads, the query API waits the millisecond or so until what was answered so far is in the store."""
+    gateway = request.app.state.gateway
+    if gateway.writer is not None:
+        await gateway.writer.settled(gateway.proxy.ack_timeout)
+
+
 async def get_reader(request: Request) -> Reader:
     return request.app.state.reader
 

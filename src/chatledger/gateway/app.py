@@ -21,9 +21,10 @@ from chatledger.pricing import Pricer
 from chatledger.providers import Provider, build_provider
 from chatledger.routing import Router
 from chatledger.store import Store
+from chatledger.store.journal import Journal, Slot, claim_slot
 from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.settings_store import ACTIVE_PROVIDER, get_setting
-from chatledger.store.writer import Writer
+from chatledger.store.writer import Writer, replay_orphaned_journals
 from chatledger.transport import Timeouts, Transport
 
 log = logging.getLogger("chatledger")
@@ -45,6 +46,7 @@ class ChatLedgerApp:
         self.store: Store | None = None
         self.writer: Writer | None = None
         self.search_indexer: SearchIndexer | None = None
+        self.journal_slot: Slot | None = None
         self.started_at = time.time()
         self.master_key = (settings.chatledger_master_key.get_secret_value()
                            if settings.chatledger_master_key else None)
@@ -109,16 +111,20 @@ class ChatLedgerApp:
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms)
             # Local files, one set per replica, beside the SQLite file (or where it would be).
             local = settings.database_path.parent
-            spill_path = settings.writer_spill_path or local / "chatledger-spill.jsonl"
             dead_letter_path = self.store.dead_letter_path() or local / "chatledger.deadletter.jsonl"
             backend = await asyncio.to_thread(self.store.search_backend)
             if backend is not None:
                 self.search_indexer = SearchIndexer(backend)
                 self.search_indexer.start()
-            self.writer = Writer(partial(self.store.sink, Pricer(self.config)), batch_size=settings.writer_batch_size,
+            sink_factory = partial(self.store.sink, Pricer(self.config))
+            journal_root = settings.writer_journal_dir or local / "journal"
+            self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
+            await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)
+            journal = await asyncio.to_thread(Journal, self.journal_slot.directory)
+            self.writer = Writer(sink_factory, batch_size=settings.writer_batch_size,
                                  flush_ms=settings.writer_flush_ms,
                                  max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
-                                 dead_letter_path=dead_letter_path, spill_path=spill_path,
+                                 dead_letter_path=dead_letter_path, journal=journal, ack=settings.recorder_ack(),
                                  on_commit=self.search_indexer.notify if self.search_indexer else None,
                                  niceness=settings.writer_niceness)
             self.writer.start()
@@ -135,6 +141,8 @@ class ChatLedgerApp:
         if self.writer is not None:
             # Drain: every exchange answered so far is committed before the process exits.
             await asyncio.to_thread(self.writer.close)
+        if self.journal_slot is not None:
+            self.journal_slot.release()
         if self.search_indexer is not None:
             # Not drained: the next start indexes what is left (search is derived from the rows).
             await asyncio.to_thread(self.search_indexer.stop)

@@ -73,6 +73,7 @@ def open_request(row: tuple[Any, ...] | Any, with_prompt: bool = True) -> OpenRe
 class Lookups(Protocol):
     """What the builder reads from the database, inside the sink's transaction."""
 
+    def committed_ids(self, request_ids: list[str], response_ids: list[str]) -> tuple[set[str], set[str]]: ...
     def allocate_ids(self, table: str, count: int) -> list[int]: ...
     def latest_sessions(self, keys: list[str]) -> dict[str, tuple[str, int]]: ...  # key -> (id, expires_at)
     def parents(self, session_ids: list[str]) -> dict[str, str | None]: ...  # session id -> parent_id
@@ -96,6 +97,17 @@ class BatchRows:
     closed: list[str] = field(default_factory=list)
 
 
+def _not_committed(records: list[Record], lookups: Lookups) -> list[Record]:
+    """Records replayed from an earlier run's journal that its last commits already wrote are left out
+    (a crash between a commit and the journal's note of it replays that batch)."""
+    requests = [r.request_id for r in records if r.replayed and isinstance(r, RequestRecord)]
+    responses = [r.response_id for r in records if r.replayed and isinstance(r, ResponseRecord)]
+    have_requests, have_responses = lookups.committed_ids(requests, responses)
+    return [r for r in records if not r.replayed
+            or (r.request_id not in have_requests if isinstance(r, RequestRecord)
+                else r.response_id not in have_responses)]
+
+
 class BatchBuilder:
     def __init__(self, session_timeout_ms: int, pricer: Pricer | None = None, *, search_rows: bool = True) -> None:
         self._session_timeout_ms = session_timeout_ms
@@ -108,6 +120,8 @@ class BatchBuilder:
         self._open: dict[str, OpenRequest] = {}
 
     def build(self, records: list[Record], lookups: Lookups) -> BatchRows:
+        if any(record.replayed for record in records):
+            records = _not_committed(records, lookups)
         rows = BatchRows()
         self._requests([r for r in records if isinstance(r, RequestRecord)], lookups, rows)
         responses = [r for r in records if isinstance(r, ResponseRecord)]

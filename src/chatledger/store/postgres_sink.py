@@ -196,6 +196,13 @@ class PostgresSink:
         assert self._connection is not None
         return self._connection.cursor()
 
+    def committed_ids(self, request_ids: list[str], response_ids: list[str]) -> tuple[set[str], set[str]]:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s)", (request_ids,))
+            requests = {row[0] for row in cursor.fetchall()}
+            cursor.execute("SELECT response_id FROM responses WHERE response_id = ANY(%s)", (response_ids,))
+            return requests, {row[0] for row in cursor.fetchall()}
+
     def allocate_ids(self, table: str, count: int) -> list[int]:
         """Ids from the table's sequence, in one round trip: never max()+1, since replicas write too."""
         with self._cursor() as cursor:

@@ -26,6 +26,7 @@ class RequestRecord:
     stream: bool
     session_hint: str | None  # an explicit X-Session-Id
     api_key_hash: str | None  # a fingerprint of the caller's key, never the key
+    replayed: bool = False  # read back from an earlier run's journal: it may be committed already
 
     def size(self) -> int:
         return len(self.openai_request) + len(self.provider_request or b"") + 512
@@ -46,6 +47,7 @@ class ResponseRecord:
     error: str | None = None
     cut: bool = False  # the client went away before the end
     extra: dict[str, Any] = field(default_factory=dict)
+    replayed: bool = False  # read back from an earlier run's journal: it may be committed already
 
     def size(self) -> int:
         events = sum(len(e) for e in self.stream_events) if self.stream_events else 0

@@ -136,6 +136,16 @@ class SQLiteSink:
 
     # -- Lookups, for the batch builder (inside the write transaction) ------------------------------
 
+    def committed_ids(self, request_ids: list[str], response_ids: list[str]) -> tuple[set[str], set[str]]:
+        found: tuple[set[str], set[str]] = (set(), set())
+        for ids, table, column, into in ((request_ids, "requests", "request_id", found[0]),
+                                         (response_ids, "responses", "response_id", found[1])):
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                into.update(row[0] for row in self._connection.execute(
+                    f"SELECT {column} FROM {table} WHERE {column} IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
+
     def allocate_ids(self, table: str, count: int) -> list[int]:
         """The next AUTOINCREMENT ids: safe to hand out because we hold the write lock."""
         row = self._connection.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()

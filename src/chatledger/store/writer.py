@@ -1,16 +1,23 @@
 """The recorder: one thread owns the write connection and commits records in batches.
 
-The event loop only appends to a deque (no I/O, no serialization, no lock) and wakes the thread at
-most once per loop iteration: as soon as an answer waits for its commit, or `flush_ms` after the
-first record nobody waits for (a request on its way upstream), or when `batch_size` records wait.
-The thread takes everything that has arrived (up to `batch_size` records per transaction), hands it
-to the sink as one transaction, then wakes the awaiting responses with a single
-`call_soon_threadsafe`. Under load the records of many responses share each commit (group commit).
+On the event loop a record costs a journal append (journal.py: one `write()`) and a deque append;
+no lock is contended, nothing is serialized for the database, and the thread is woken at most once
+per loop iteration: when an answer comes (answers are committed at once), `flush_ms` after the
+first other record (a request on its way upstream), or when `batch_size` records wait. The thread
+takes everything that has arrived (up to `batch_size` records per transaction), hands it to the
+sink as one transaction, notes in the journal how far the commits got, then wakes whoever waits on
+the batch with a single `call_soon_threadsafe`. Under load many exchanges share each commit.
+
+When an answer is durable (`ack`): `journal` - once its records are in the journal, so a response
+never waits for the database (a crash loses nothing: the next start replays the journal from the
+last commit, skipping what was committed); `commit` - once its batch is committed (bounded by a
+timeout, so a broken store never holds a client). Without a journal, `commit` is the only choice.
+
 When the sink fails for a reason that may pass (locked, disk full, server gone) the batch is kept
 and retried with backoff, the cause logged once; records that fail on their own (a bug, a
-constraint) are written one by one and the bad ones set aside in a dead-letter file.
-When the backlog in memory passes `max_pending_bytes`, new records go to a spill file (spill.py)
-instead of being dropped, and are written, in order and after the backlog, once the store keeps up.
+constraint) are written one by one and the bad ones set aside in a dead-letter file. Past
+`max_pending_bytes` in memory, new records are kept in the journal only, and the thread reads
+them back from it, in order and after the older ones in memory, once the store keeps up.
 """
 
 from __future__ import annotations
@@ -23,15 +30,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import orjson
 
+from chatledger.store.journal import Journal, JournalEntry, Position, Slot, orphaned_slots
 from chatledger.store.records import Record, ResponseRecord
-from chatledger.store.spill import Spill
 from chatledger.store.threads import lower_this_threads_priority
 
 log = logging.getLogger("chatledger.writer")
+
+Ack = Literal["journal", "commit"]
+# (sequence number, record, to be committed soon (an answer), where it sits in the journal)
+Item = tuple[int, Record, bool, tuple[Position, Position] | None]
 
 
 class TransientStoreError(Exception):
@@ -43,8 +54,8 @@ class Sink(Protocol):
     def reconnect(self) -> None: ...
     def close(self) -> None: ...
     def shutdown(self) -> None: ...  # close for good
-    # Housekeeping between batches (search index, WAL). Returns in how many seconds it wants another
-    # call should no batch come before (None: nothing pending).
+    # Housekeeping between batches (the WAL). Returns in how many seconds it wants another call
+    # should no batch come before (None: nothing pending).
     def maintain(self, idle: bool) -> float | None: ...
 
 
@@ -56,7 +67,8 @@ class WriterStats:
     failures: int = 0
     dropped: int = 0
     dead_lettered: int = 0
-    spilled: int = 0
+    spilled: int = 0  # kept in the journal only, past the memory budget
+    replayed: int = 0  # read back from an earlier run's journal
 
 
 class Writer:
@@ -69,22 +81,25 @@ class Writer:
         max_pending_bytes: int = 256 * 1024 * 1024,
         dead_letter_path: Path | None = None,
         retry_max_s: float = 1.0,
-        spill_path: Path | None = None,
+        journal: Journal | None = None,
+        ack: Ack = "commit",
         on_commit: Callable[[int], None] | None = None,
         niceness: int = 0,
     ) -> None:
+        if ack == "journal" and journal is None:
+            raise ValueError("ack='journal' needs a journal")
         self._sink_factory = sink_factory
         self._batch_size = batch_size
         self._flush_s = flush_ms / 1000
         self._max_pending_bytes = max_pending_bytes
         self._dead_letter_path = dead_letter_path
         self._retry_max_s = retry_max_s
-        # Opened here, so a spill file left by an earlier run is replayed (before anything newer).
-        self._spill = Spill(spill_path) if spill_path is not None else None
+        self._journal = journal
+        self._ack = ack
         # Called from the writer thread after each commit with the number of responses it held.
         self._on_commit = on_commit
         self._niceness = niceness
-        self._inbox: collections.deque[tuple[int, Record, bool]] = collections.deque()
+        self._inbox: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
         self._stop_requested = False
         self._flush_requested = False  # a flush_ms timer fired (the thread takes it on)
@@ -93,11 +108,17 @@ class Writer:
         self._loop_thread: int | None = None
         self._seq = 0
         self._pending_bytes = 0
-        self._pending_lock = threading.Lock()
+        # Guards the memory budget and the journal's end, which the thread reads to catch up.
+        self._lock = threading.Lock()
+        # Set while new records go to the journal only; the thread clears it once it has caught up.
+        self._overflowing = False
+        # Where the next record to commit starts in the journal (the thread's; set by `start`).
+        self._position: Position | None = None
         # (seq, future, deadline) in seq order; all share one timeout, so deadlines are in order too.
         self._waiters: collections.deque[tuple[int, asyncio.Future[bool], float]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
-        self._committed_seq = 0
+        self._committed_seq = 0  # the loop's view, moved by _on_committed
+        self._thread_committed_seq = 0  # the thread's, set after every commit (read by the loop)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
@@ -105,37 +126,71 @@ class Writer:
         self.last_error: str | None = None
         self.stats = WriterStats()
 
+    @property
+    def journal(self) -> Journal | None:
+        return self._journal
+
     # -- event loop side -------------------------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         sink = self._sink_factory()  # open in the caller so a bad path fails start-up loudly
+        journal = self._journal
+        if journal is not None:
+            if journal.has_backlog:
+                # An earlier run's records come first: until they are in, new ones queue behind them.
+                self._position = journal.committed_through
+                self._overflowing = True
+                log.warning("journal %s holds records an earlier run did not commit: writing them first",
+                            journal.directory)
+            else:
+                self._position = journal.end
+                journal.committed(journal.end)
         self._thread = threading.Thread(target=self._run, args=(sink,), name="chatledger-writer", daemon=True)
         self._thread.start()
+        if self._overflowing:
+            self._wake.set()
 
-    def submit(self, record: Record, *, ack: bool = False) -> int:
-        """Queue a record; returns its sequence number (0 if it went to the spill file or was dropped)."""
+    def submit(self, record: Record, *, urgent: bool = False) -> int:
+        """Queue a record; returns its sequence number (0 if it is kept in the journal only, or dropped).
+        `urgent`: commit it as soon as the thread can (an answer), not within `flush_ms`."""
+        return self._submit(record, urgent)[0]
+
+    def _submit(self, record: Record, urgent: bool) -> tuple[int, bool]:
+        """(sequence number or 0, whether the journal has it)."""
         size = record.size()
-        with self._pending_lock:
-            spill = self._spill
-            if spill is not None and (spill.active or self._pending_bytes + size > self._max_pending_bytes):
-                return self._to_spill(spill, record)
-            if self._pending_bytes + size > self._max_pending_bytes:
-                self.stats.dropped += 1
-                if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
-                    log.error("recorder backlog is over %d bytes: %d records dropped so far",
-                              self._max_pending_bytes, self.stats.dropped)
-                return 0
+        journal = self._journal
+        with self._lock:
+            span = journal.append(record) if journal is not None else None
+            if self._overflowing or self._pending_bytes + size > self._max_pending_bytes:
+                return self._over_budget(span), span is not None
             self._pending_bytes += size
-        self._seq += 1
         self.stats.submitted += 1
-        self._inbox.append((self._seq, record, ack))
-        if ack or len(self._inbox) >= self._batch_size:
+        self._seq += 1
+        self._inbox.append((self._seq, record, urgent, span))
+        if urgent or len(self._inbox) >= self._batch_size:
             self._wake_soon()
         elif self._flush_timer is None:
             self._flush_later()
-        return self._seq
+        return self._seq, span is not None
+
+    def _over_budget(self, span: tuple[Position, Position] | None) -> int:
+        """Memory is full (called under the lock): the record stays in the journal only, or is lost."""
+        if span is None:
+            self.stats.dropped += 1
+            if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+                log.error("recorder backlog is over %d bytes and there is no journal to hold more: "
+                          "%d records dropped so far", self._max_pending_bytes, self.stats.dropped)
+            return 0
+        if not self._overflowing:
+            log.warning("recorder backlog is over %d bytes: new records wait in the journal %s",
+                        self._max_pending_bytes, self._journal.directory if self._journal else "")
+            self._overflowing = True
+        self.stats.submitted += 1
+        self.stats.spilled += 1
+        self._wake.set()  # the thread reads them back from the journal when it gets to them
+        return 0
 
     def _on_loop(self) -> bool:
         return self._loop is not None and threading.get_ident() == self._loop_thread
@@ -167,33 +222,51 @@ class Writer:
         self._flush_requested = True
         self._wake.set()
 
-    def _to_spill(self, spill: Spill, record: Record) -> int:
-        try:
-            spill.append(record)
-        except OSError as exc:
-            self.stats.dropped += 1
-            log.error("spill file %s not writable, record dropped: %s", spill.path, exc)
-            return 0
-        self.stats.submitted += 1
-        self.stats.spilled += 1
-        if self.stats.spilled == 1 or self.stats.spilled % 10_000 == 0:
-            log.warning("recorder backlog is over %d bytes: %d records spilled to %s so far",
-                        self._max_pending_bytes, self.stats.spilled, spill.path)
-        self._wake.set()  # the writer thread may be waiting for memory's records
-        return 0
-
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
-        """Queue a record and wait until the batch holding it is committed (False on timeout)."""
-        seq = self.submit(record, ack=True)
+        """Queue a record (to be committed at once) and return once it is durable: in the journal
+        (ack='journal'), or committed (ack='commit', or a journal that cannot be written; then at most
+        `timeout` seconds, or not at all while the store is failing). True when the record is
+        durable: committed, or journaled."""
+        journal = self._journal
+        wait = self._ack == "commit" or journal is None or journal.broken is not None
+        seq, journaled = self._submit(record, True)
+        if not wait and journaled:
+            return True
+        return await self._wait_for(seq, timeout) or journaled
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until everything submitted so far is committed (at most `timeout` seconds, and not at
+        all while the store is failing): what the query API does before it reads, so an exchange
+        answered before a query is in its results. True when it is."""
+        seq = self._seq
+        if seq <= self._thread_committed_seq:
+            return True
+        self._flush_requested = True  # the records nobody waited for go now, not in flush_ms
+        self._wake.set()
+        return await self._wait_for(seq, timeout)
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """`settled`, for a thread other than the event loop's (tests, tools); blocks."""
+        if self._loop is None:
+            return True
+        return asyncio.run_coroutine_threadsafe(self.settled(timeout), self._loop).result(timeout + 1)
+
+    async def _wait_for(self, seq: int, timeout: float) -> bool:
         loop = self._loop
         if not seq or not self.healthy or loop is None:
             return False
         future: asyncio.Future[bool] = loop.create_future()
         # One timer for all waiters rather than one `wait_for` each: this runs for every response.
         deadline = loop.time() + timeout
+        if self._waiters and self._waiters[-1][2] > deadline:
+            deadline = self._waiters[-1][2]  # deadlines stay in order (see _sweep)
         self._waiters.append((seq, future, deadline))
         if self._sweeper is None:
             self._sweeper = loop.call_at(deadline, self._sweep)
+        # The thread sets its count before it looks for waiters; we look at it after joining them:
+        # one of the two sees the other, so no commit goes unnoticed.
+        if seq <= self._thread_committed_seq:
+            self._on_committed(self._thread_committed_seq)
         return await future
 
     def _sweep(self) -> None:
@@ -224,28 +297,33 @@ class Writer:
                 future.set_result(False)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Drain: everything queued is committed before this returns (or the timeout passes)."""
+        """Drain: everything queued is committed before this returns (or the timeout passes; what is
+        left then waits in the journal for the next start)."""
         if self._thread is None:
             return
         self._stop_requested = True
         self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("recorder did not drain within %.0fs; %d records unwritten",
-                      timeout, self.stats.submitted - self.stats.committed - self.stats.dead_lettered)
+            log.error("recorder did not drain within %.0fs; %d records unwritten%s",
+                      timeout, self.stats.submitted - self.stats.committed - self.stats.dead_lettered,
+                      f" (kept in the journal {self._journal.directory})" if self._journal else "")
             self._stop_event.set()
             self._thread.join(5)
         self._thread = None
+        if self._journal is not None:
+            self._journal.close()
 
     # -- writer thread -----------------------------------------------------------------------------
 
     def _run(self, sink: Sink) -> None:
         lower_this_threads_priority(self._niceness)
-        pending: collections.deque[tuple[int, Record, bool]] = collections.deque()
-        acks = 0  # records in `pending` whose answer waits for their commit
+        pending: collections.deque[Item] = collections.deque()
+        urgent = 0  # records in `pending` to be committed at once (answers)
         flushing = False  # a flush_ms timer fired: write everything pending, awaited or not
+        backlog: list[JournalEntry] = []  # read back from the journal, not committed yet
+        backlog_next: Position | None = None
         backoff = 0.05
-        spill_offset: int | None = None  # set while `pending` holds records read from the spill file
         housekeeping_in: float | None = None  # when the sink wants to be called back, though quiet
         while True:
             # Cleared before looking, so a wake that comes while we look is not lost.
@@ -253,30 +331,28 @@ class Writer:
             if self._flush_requested:
                 self._flush_requested = False
                 flushing = True
-            if spill_offset is None:
-                acks += self._drain(pending)
-            if not pending:
-                if self._spill is not None and self._spill.unread and not self._inbox:
-                    # Memory is drained: the spill's records are next (they are all newer).
-                    records, spill_offset = self._spill.read(self._batch_size)
-                    pending.extend((0, record, False) for record in records)
-                    if not pending:
-                        spill_offset = None
-                        continue
-                elif self._stop_requested:
+            urgent += self._drain(pending)
+            if not backlog and not pending and self._overflowing:
+                backlog, backlog_next = self._read_journal()
+                if not backlog:
+                    continue  # caught up with the journal (or it moved on): look again
+            if backlog:
+                records = [entry.record for entry in backlog]
+            elif not pending:
+                if self._stop_requested:
                     break
-                else:
-                    housekeeping_in = self._sleep(sink, housekeeping_in)
-                    continue
-            elif spill_offset is None and not (acks or flushing or self._stop_requested
-                                               or len(pending) >= self._batch_size or not self.healthy
-                                               or (self._spill is not None and self._spill.unread)):
+                housekeeping_in = self._sleep(sink, housekeeping_in)
+                continue
+            elif not (urgent or flushing or self._stop_requested or len(pending) >= self._batch_size
+                      or not self.healthy):
                 # Only records nobody waits for: their flush_ms timer, an answer or more records wake us.
                 housekeeping_in = self._sleep(sink, housekeeping_in)
                 continue
-            batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
+            else:
+                batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
+                records = [item[1] for item in batch]
             try:
-                self._write(sink, [record for _, record, _ in batch])
+                self._write(sink, records)
             except TransientStoreError as exc:
                 self._note_failure(exc)
                 if self._stop_event.wait(backoff):
@@ -285,35 +361,50 @@ class Writer:
                 sink = self._reopen(sink)
                 continue
             backoff = 0.05
-            for _ in batch:
-                pending.popleft()
-            if spill_offset is not None:
-                assert self._spill is not None and not pending  # a spill batch is read whole
-                self._note_success(batch, in_memory=False)
-                if self._spill.committed(spill_offset):
-                    log.warning("spill file %s written to the store and emptied", self._spill.path)
-                spill_offset = None
+            if backlog:
+                self._note_success(records, [], backlog_next)
+                backlog, backlog_next = [], None
             else:
-                acks -= sum(ack for _, _, ack in batch)
-                self._note_success(batch)
-            if not pending:
-                flushing = False
+                for _ in batch:
+                    pending.popleft()
+                urgent -= sum(item[2] for item in batch)
+                self._note_success(records, batch, batch[-1][3][1] if batch[-1][3] else None)
+                if not pending:
+                    flushing = False
             # After the waiters of this batch were released; `idle` when nothing else is queued.
             housekeeping_in = self._maintain(sink, idle=not pending and not self._inbox)
-        self._keep_unwritten(pending, spill_offset)
         sink.shutdown()
-        if self._spill is not None:
-            self._spill.close()
 
-    def _drain(self, pending: collections.deque[tuple[int, Record, bool]]) -> int:
-        """Move what the event loop submitted into `pending`; returns how many of those are awaited."""
+    def _drain(self, pending: collections.deque[Item]) -> int:
+        """Move what the event loop submitted into `pending`; returns how many of those are urgent."""
         inbox = self._inbox
-        acks = 0
+        urgent = 0
         while inbox:
             item = inbox.popleft()
-            acks += item[2]
+            urgent += item[2]
             pending.append(item)
-        return acks
+        return urgent
+
+    def _read_journal(self) -> tuple[list[JournalEntry], Position | None]:
+        """The next records kept in the journal only; none once caught up (then memory takes over)."""
+        journal = self._journal
+        assert journal is not None and self._position is not None
+        with self._lock:
+            stop = journal.end
+        entries, reached = journal.read(self._position, stop, self._batch_size)
+        if entries:
+            for entry in entries:
+                if entry.start[0] < journal.first_own_segment:
+                    entry.record.replayed = True
+            self.stats.replayed += sum(entry.start[0] < journal.first_own_segment for entry in entries)
+            return entries, entries[-1].end
+        self._position = reached
+        with self._lock:
+            if reached >= journal.end:
+                self._overflowing = False  # from here on records are kept in memory again
+                log.warning("recorder caught up with its journal; records are kept in memory again")
+        journal.committed(reached)
+        return [], None
 
     def _sleep(self, sink: Sink, housekeeping_in: float | None) -> float | None:
         """Wait to be woken; when the sink's housekeeping falls due first, do it."""
@@ -328,21 +419,6 @@ class Writer:
         except TransientStoreError as exc:
             log.warning("store housekeeping failed: %s", exc)
             return 1.0
-
-    def _keep_unwritten(self, pending: collections.deque, spill_offset: int | None) -> None:
-        """A forced stop (the store is down): memory's records go to the front of the spill file."""
-        if self._spill is None:
-            return
-        if spill_offset is not None:
-            pending.clear()  # read from the spill, which still holds them
-            self._spill.rewind()
-        self._drain(pending)
-        if pending:
-            log.warning("keeping %d unwritten records in %s for the next start", len(pending), self._spill.path)
-            try:
-                self._spill.prepend([record for _, record, _ in pending])
-            except OSError as exc:
-                log.error("could not keep unwritten records in %s: %s", self._spill.path, exc)
 
     def _write(self, sink: Sink, records: list[Record]) -> None:
         try:
@@ -375,21 +451,27 @@ class Writer:
         self.healthy = False
         self.last_error = message
 
-    def _note_success(self, batch: list[tuple[int, Record, bool]], *, in_memory: bool = True) -> None:
+    def _note_success(self, records: list[Record], batch: list[Item], through: Position | None) -> None:
+        """`batch`: the memory items committed (none for records read back from the journal);
+        `through`: the journal position just past them."""
         if not self.healthy:
             log.warning("store writable again; writing the backlog")
             self.healthy = True
             self.last_error = None
-        self.stats.committed += len(batch)
+        self.stats.committed += len(records)
         self.stats.batches += 1
+        if through is not None and self._journal is not None:
+            self._position = through
+            self._journal.committed(through)
         if self._on_commit is not None:
-            self._on_commit(sum(isinstance(record, ResponseRecord) for _, record, _ in batch))
-        if not in_memory:
+            self._on_commit(sum(isinstance(record, ResponseRecord) for record in records))
+        if not batch:
             return
-        size = sum(record.size() for _, record, _ in batch)
-        with self._pending_lock:
+        size = sum(item[1].size() for item in batch)
+        with self._lock:
             self._pending_bytes -= size
-        if self._loop is not None and any(ack for _, _, ack in batch):
+        self._thread_committed_seq = batch[-1][0]
+        if self._loop is not None and (self._waiters or any(item[2] for item in batch)):
             # A closed loop (RuntimeError) means nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._on_committed, batch[-1][0])
@@ -416,3 +498,19 @@ def _bytes_as_text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     raise TypeError
+
+
+async def replay_orphaned_journals(root: Path, own: Slot, sink_factory: Callable[[], Sink]) -> int:
+    """Write what journals nobody holds still have (a run with more worker processes left them), before
+    this process starts taking requests. Returns how many records were written."""
+    written = 0
+    for slot in orphaned_slots(root, own):
+        try:
+            writer = Writer(sink_factory, journal=Journal(slot.directory))
+            writer.start()
+            await asyncio.to_thread(writer.close, 300.0)
+            written += writer.stats.committed
+            log.warning("wrote %d records left in the journal %s", writer.stats.committed, slot.directory)
+        finally:
+            slot.release()
+    return written

@@ -1,0 +1,354 @@
+"""The recorder's journal: every record, appended to a local file as it is submitted.
+
+The event loop appends each record here (one `write()`, microseconds) before the recorder thread
+sees it, so what a client was answered survives a crash of the process even before the database
+has it: a restarted recorder replays the journal from where its commits had got to. This is what
+lets an answer go out without waiting for its database commit (`WRITER_ACK=journal`), and what
+holds the backlog while the store cannot take writes (past the memory budget, records live only
+here and the recorder reads them back, in order, once the store is back).
+
+Durability is the write's: in the operating system's hands, like SQLite's own WAL commits with
+`synchronous=NORMAL` (a process crash loses nothing; a power cut may lose the last moments).
+
+Layout: `<directory>/<slot>/` holds numbered segments (`00000001.log`, ...) of frames
+`[length u32][crc32 u32][kind u8][payload]`, and `progress`, the position up to which the records
+are committed. Each process of a gateway takes a slot of its own (an exclusive `flock` on
+`<slot>/LOCK`), starts a new segment, and deletes segments once everything in them is committed.
+A torn frame (a crash inside a write) ends its segment; reading goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import orjson
+
+from chatledger.store.records import Record, RequestRecord, ResponseRecord
+
+log = logging.getLogger("chatledger.writer")
+
+Position = tuple[int, int]  # (segment number, byte offset in it)
+
+HEADER = struct.Struct("<IIB")
+BLOB_LENGTH = struct.Struct("<i")
+REQUEST, RESPONSE = 1, 2
+SEGMENT_BYTES = 64 * 1024 * 1024
+MAX_FRAME_BYTES = 1 << 31
+
+
+# -- records as bytes -----------------------------------------------------------------------------
+
+
+def _blobs(parts: list[bytes | None]) -> list[bytes]:
+    out = [struct.pack("<H", len(parts))]
+    for part in parts:
+        if part is None:
+            out.append(BLOB_LENGTH.pack(-1))
+        else:
+            out.append(BLOB_LENGTH.pack(len(part)))
+            out.append(part)
+    return out
+
+
+def encode(record: Record) -> bytes:
+    """A frame: header, then the scalar fields as JSON and the bodies as raw bytes (no base64)."""
+    if isinstance(record, RequestRecord):
+        kind = REQUEST
+        meta = orjson.dumps([record.request_id, record.timestamp, record.method, record.path, record.endpoint,
+                             record.model, record.provider, record.upstream_model, record.stream,
+                             record.session_hint, record.api_key_hash, bool(record.body)])
+        blobs = _blobs([record.openai_request, record.provider_request])
+    else:
+        kind = RESPONSE
+        meta = orjson.dumps([record.request_id, record.response_id, record.timestamp, record.status_code,
+                             record.duration_ms, record.ttft_ms, record.error, record.cut, record.extra,
+                             record.stream_events is not None])
+        blobs = _blobs([record.openai_response, record.provider_response, *(record.stream_events or ())])
+    payload = b"".join([struct.pack("<I", len(meta)), meta, *blobs])
+    return HEADER.pack(len(payload), zlib.crc32(payload), kind) + payload
+
+
+def _read_blobs(payload: memoryview, offset: int) -> list[bytes | None]:
+    (count,) = struct.unpack_from("<H", payload, offset)
+    offset += 2
+    blobs: list[bytes | None] = []
+    for _ in range(count):
+        (length,) = BLOB_LENGTH.unpack_from(payload, offset)
+        offset += 4
+        if length < 0:
+            blobs.append(None)
+        else:
+            blobs.append(bytes(payload[offset:offset + length]))
+            offset += length
+    return blobs
+
+
+def decode(kind: int, payload: bytes) -> Record:
+    view = memoryview(payload)
+    (meta_length,) = struct.unpack_from("<I", view, 0)
+    meta = orjson.loads(view[4:4 + meta_length])
+    blobs = _read_blobs(view, 4 + meta_length)
+    if kind == REQUEST:
+        (request_id, timestamp, method, path, endpoint, model, provider, upstream_model, stream, session_hint,
+         api_key_hash, parsed) = meta
+        raw = blobs[0] or b""
+        body = {}
+        if parsed:  # the gateway parsed it: so will we (recording only keeps the bytes)
+            with contextlib.suppress(orjson.JSONDecodeError):
+                loaded = orjson.loads(raw)
+                body = loaded if isinstance(loaded, dict) else {}
+        return RequestRecord(request_id, timestamp, method, path, endpoint, body, raw, blobs[1], model, provider,
+                             upstream_model, stream, session_hint, api_key_hash)
+    request_id, response_id, timestamp, status_code, duration_ms, ttft_ms, error, cut, extra, streamed = meta
+    events = [blob or b"" for blob in blobs[2:]] if streamed else None
+    return ResponseRecord(request_id, response_id, timestamp, status_code, duration_ms, blobs[0], blobs[1], events,
+                          ttft_ms, error, cut, extra)
+
+
+# -- the files ------------------------------------------------------------------------------------
+
+
+def _segment_name(number: int) -> str:
+    return f"{number:08d}.log"
+
+
+def _segments(directory: Path) -> list[int]:
+    numbers = []
+    for entry in directory.iterdir():
+        if entry.suffix == ".log" and entry.stem.isdigit():
+            numbers.append(int(entry.stem))
+    return sorted(numbers)
+
+
+class JournalEntry:
+    """A record read back from the journal, with where it starts and ends."""
+
+    __slots__ = ("end", "record", "start")
+
+    def __init__(self, record: Record, start: Position, end: Position) -> None:
+        self.record = record
+        self.start = start
+        self.end = end
+
+
+class Journal:
+    """One slot's journal. `append` is called on the event loop (under the writer's lock); `read`,
+    `committed` and friends on the recorder thread."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()  # the segment list, shared by append (rotation) and cleanup
+        directory.mkdir(parents=True, exist_ok=True)
+        self._segments = _segments(directory)
+        progress = self._read_progress()
+        oldest = (self._segments[0], 0) if self._segments else (1, 0)
+        # Records before the progress point are committed; a progress file from before the oldest
+        # segment still here (they were all committed and deleted) means: start at the oldest.
+        self.committed_through = max(progress, oldest) if progress is not None else oldest
+        # This process writes into a segment of its own: whatever a crash left torn stays behind.
+        self.first_own_segment = (self._segments[-1] + 1) if self._segments else 1
+        self._current = self.first_own_segment
+        self._fd = self._open_segment(self._current)
+        self._size = 0
+        self.broken: str | None = None
+        self.end: Position = (self._current, 0)  # just past the last record appended
+
+    def _open_segment(self, number: int) -> int:
+        fd = os.open(self.directory / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with self._lock:
+            if number not in self._segments:
+                self._segments.append(number)
+        return fd
+
+    @property
+    def has_backlog(self) -> bool:
+        """Records from an earlier run that are not committed yet."""
+        with self._lock:
+            older = [n for n in self._segments if n < self.first_own_segment]
+        if not older:
+            return False
+        if self.committed_through[0] < older[-1]:
+            return True
+        size = (self.directory / _segment_name(older[-1])).stat().st_size
+        return self.committed_through[1] < size
+
+    # -- event loop side ----------------------------------------------------------------------------
+
+    def append(self, record: Record) -> tuple[Position, Position] | None:
+        """Write the record; returns where it starts and ends (None: the journal cannot be written)."""
+        if self.broken is not None:
+            return None
+        frame = encode(record)
+        try:
+            if self._size and self._size + len(frame) > self._segment_bytes:
+                self._rotate()
+            start = (self._current, self._size)
+            written = os.write(self._fd, frame)
+            while written < len(frame):  # a short write (a signal, a full disk): finish or fail
+                written += os.write(self._fd, frame[written:])
+        except OSError as exc:
+            self.broken = str(exc)
+            log.error("journal %s cannot be written (%s): answers now wait for the database instead",
+                      self.directory, exc)
+            return None
+        self._size += len(frame)
+        self.end = (self._current, self._size)
+        return start, self.end
+
+    def _rotate(self) -> None:
+        fd = self._open_segment(self._current + 1)
+        os.close(self._fd)
+        self._fd, self._current, self._size = fd, self._current + 1, 0
+
+    # -- recorder thread ------------------------------------------------------------------------------
+
+    def read(self, start: Position, stop: Position, max_records: int) -> tuple[list[JournalEntry], Position]:
+        """Records from `start` up to `stop` (an `end` seen under the writer's lock), in order, and the
+        position reading got to; a segment that ends (or tears) before `stop` is followed by the next."""
+        entries: list[JournalEntry] = []
+        position = start
+        while len(entries) < max_records and position < stop:
+            position = self._read_segment(position, stop, max_records, entries)
+            if len(entries) >= max_records or position >= stop:
+                break
+            following = self._next_segment(position[0])
+            if following is None or (following, 0) > stop:
+                break
+            position = (following, 0)
+        return entries, position
+
+    def _read_segment(self, position: Position, stop: Position, max_records: int,
+                      entries: list[JournalEntry]) -> Position:
+        """Append the segment's records from `position` on; returns where reading stopped."""
+        segment, offset = position
+        try:
+            handle = (self.directory / _segment_name(segment)).open("rb")
+        except FileNotFoundError:
+            return position
+        with handle:
+            handle.seek(offset)
+            while len(entries) < max_records and (segment, offset) < stop:
+                header = handle.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    break
+                length, checksum, kind = HEADER.unpack(header)
+                payload = handle.read(length) if length < MAX_FRAME_BYTES else b""
+                if len(payload) != length or zlib.crc32(payload) != checksum or kind not in (REQUEST, RESPONSE):
+                    log.warning("journal %s: a torn record at %s:%d ends that segment", self.directory,
+                                _segment_name(segment), offset)
+                    break
+                end = (segment, offset + HEADER.size + length)
+                entries.append(JournalEntry(decode(kind, payload), (segment, offset), end))
+                offset = end[1]
+        return segment, offset
+
+    def _next_segment(self, segment: int) -> int | None:
+        with self._lock:
+            later = [n for n in self._segments if n > segment]
+        return later[0] if later else None
+
+    def committed(self, position: Position) -> None:
+        """Everything before `position` is in the store: note it, drop the segments it has passed."""
+        self.committed_through = position
+        with self._lock:
+            done = [n for n in self._segments if n < position[0]]
+            self._segments = [n for n in self._segments if n >= position[0]]
+        for number in done:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / _segment_name(number)).unlink()
+        self._write_progress(position)
+
+    def _write_progress(self, position: Position) -> None:
+        # Fixed width at offset 0: one pwrite, never a half-replaced file.
+        text = f"{position[0]:>12} {position[1]:>20}\n".encode()
+        try:
+            fd = os.open(self.directory / "progress", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, text, 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("journal %s: progress not saved (%s); a restart replays more, duplicates are skipped",
+                        self.directory, exc)
+
+    def _read_progress(self) -> Position | None:
+        try:
+            segment, offset = (self.directory / "progress").read_text().split()
+            return int(segment), int(offset)
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        with self._lock:
+            own_empty = [n for n in self._segments if n >= self.first_own_segment]
+        # A clean stop with everything committed leaves an empty directory behind, not empty files.
+        if self.committed_through >= self.end:
+            for number in own_empty:
+                path = self.directory / _segment_name(number)
+                with contextlib.suppress(FileNotFoundError):
+                    if number < self.end[0] or path.stat().st_size <= self.end[1]:
+                        path.unlink()
+
+
+# -- slots ----------------------------------------------------------------------------------------
+
+
+class Slot:
+    """A journal directory this process holds (an exclusive flock, released when the process ends)."""
+
+    def __init__(self, directory: Path, fd: int) -> None:
+        self.directory = directory
+        self._fd = fd
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+
+
+def _try_lock(directory: Path) -> Slot | None:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return Slot(directory, fd)
+
+
+def claim_slot(root: Path) -> Slot:
+    """The lowest-numbered slot no other process holds: worker processes of one gateway (and its
+    restarts) share the same few directories."""
+    number = 0
+    while True:
+        slot = _try_lock(root / f"slot-{number}")
+        if slot is not None:
+            return slot
+        number += 1
+
+
+def orphaned_slots(root: Path, own: Slot) -> list[Slot]:
+    """Slots nobody holds that still have segments: left by a run with more worker processes."""
+    if not root.is_dir():
+        return []
+    found = []
+    for directory in sorted(root.iterdir()):
+        if directory == own.directory or not directory.name.startswith("slot-") or not directory.is_dir():
+            continue
+        if not _segments(directory):
+            continue
+        slot = _try_lock(directory)
+        if slot is not None:
+            found.append(slot)
+    return found
