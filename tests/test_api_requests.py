@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import client_for
-from tests.test_api_sessions import assert_error, chat, get, settle
+from tests.test_api_sessions import assert_error, chat, get
 
 SUMMARY_FIELDS = {"id", "request_id", "session_id", "timestamp", "method", "path", "model", "provider",
                   "upstream_model", "stream", "api_key_hash", "created_at"}
@@ -23,7 +23,6 @@ def recorded(make_gateway):
     chat(gateway, "Write a haiku", key="sk-bob", model="mock-2")
     chat(gateway, "Explain monads", model="mock-2")
     chat(gateway, "One more")
-    settle(gateway, 5)
     return gateway
 
 
@@ -64,7 +63,6 @@ def test_translated_request_shows_what_the_provider_got(gateway, upstream_reques
     client = client_for(gateway)
     list(client.chat.completions.create(model="fake-gpt", stream=True,
                                         messages=[{"role": "user", "content": "stream me"}]))
-    settle(gateway, 1)
     [row] = gateway.rows("SELECT id FROM requests")
 
     request = get(gateway, f"/v1/requests/{row['id']}")
@@ -107,7 +105,6 @@ def test_status_filter_finds_failed_requests(gateway):
     failed = httpx.post(gateway.url + "/v1/chat/completions",
                         json={"model": "error-500", "messages": [{"role": "user", "content": "boom"}]})
     assert failed.status_code == 500
-    settle(gateway, 2)
 
     errors = get(gateway, "/v1/requests", status="error")
     assert [r["model"] for r in errors["data"]] == ["error-500"] and errors["total"] == 1
@@ -144,3 +141,27 @@ def test_session_requests(recorded):
     with_bodies = get(recorded, f"/v1/sessions/{trip['id']}/requests", include_bodies="true", limit=1)
     assert json.loads(with_bodies["data"][0]["openai_request"])["messages"][-1]["content"] == "Paris"
     assert with_bodies["next_cursor"] is not None and with_bodies["has_more"] is True
+
+
+def test_an_answer_is_in_the_query_api_at_once_even_before_its_commit(make_gateway):
+    """Answers go out on the journal's word, before their rows are committed. The query API waits
+    for the recorder before it reads, so an exchange answered before a query is in its results."""
+    import sqlite3
+    import threading
+
+    gateway = make_gateway()
+    blocker = sqlite3.connect(gateway.db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the recorder cannot commit for now
+    try:
+        chat(gateway, "answered while the store was busy")  # answered all the same
+        seen: list[dict] = []
+        reader = threading.Thread(target=lambda: seen.append(get(gateway, "/v1/requests")))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive(), "the query API answered before the answered exchange was committed"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    reader.join(10)
+    assert [row["request_id"] for row in seen[0]["data"]] == [r["request_id"] for r in gateway.rows(
+        "SELECT request_id FROM requests")] and seen[0]["total"] == 1

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import client_for
-from tests.test_api_sessions import assert_error, chat, get, settle
+from tests.test_api_sessions import assert_error, chat, get
 
 SUMMARY_FIELDS = {"id", "response_id", "request_id", "session_id", "timestamp", "duration_ms", "ttft_ms",
                   "prompt_tokens", "completion_tokens", "total_tokens", "finish_reason", "error", "status_code",
@@ -25,7 +25,6 @@ def recorded(make_gateway):
     with httpx.stream("POST", gateway.url + "/v1/chat/completions",
                       json={"model": "mock-1", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}) as s:
         assert s.status_code == 200 and "[DONE]" in s.read().decode()
-    settle(gateway, 4)
     return gateway
 
 
@@ -123,7 +122,6 @@ def test_errors_are_recorded_and_filterable(gateway):
     client_for(gateway).chat.completions.create(model="fake-gpt", messages=[{"role": "user", "content": "ok"}])
     httpx.post(gateway.url + "/v1/chat/completions",
                json={"model": "error-429", "messages": [{"role": "user", "content": "boom"}]})
-    settle(gateway, 2)
 
     [failed] = get(gateway, "/v1/responses", status="error")["data"]
     assert failed["status_code"] == 429 and failed["error"] and failed["finish_reason"] == "error"

@@ -227,3 +227,32 @@ def test_a_crash_between_a_commit_and_its_note_in_the_journal_writes_nothing_twi
         assert connection.execute("SELECT SUM(message_count) FROM sessions").fetchone()[0] == 20
     assert writer.stats.dead_lettered == 0
     store.close()
+
+
+def test_journals_left_by_gone_worker_processes_are_written_first(tmp_path):
+    """A run with two worker processes left slot-1's journal uncommitted; the next run has one worker,
+    which takes slot-0 and, before it serves, writes what slot-1 holds."""
+    from chatledger.store.journal import claim_slot
+    from chatledger.store.writer import replay_orphaned_journals
+
+    database = tmp_path / "ledger.db"
+    store = Store.open(database_path=database, session_timeout_ms=60_000)
+    root = tmp_path / "journal"
+    own, gone = claim_slot(root), claim_slot(root)
+    left = Journal(gone.directory)
+    for index in range(5):
+        for record in _exchange(index):
+            left.append(record)
+    left.close()
+    gone.release()  # its process ended
+
+    async def run() -> int:
+        return await replay_orphaned_journals(root, own, store.sink)
+
+    assert asyncio.run(run()) == 10
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 5
+    assert list(gone.directory.glob("*.log")) == []
+    assert asyncio.run(run()) == 0  # nothing left the second time
+    own.release()
+    store.close()

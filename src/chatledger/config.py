@@ -42,9 +42,10 @@ class Settings(BaseSettings):
     max_body_size: int = 32 * 1024 * 1024
     log_level: str = "info"
 
-    # The recorder: flush at `writer_batch_size` rows or `writer_flush_ms`, whichever comes first.
+    # The recorder: flush at `writer_batch_size` rows or `writer_flush_ms`, whichever comes first (rows
+    # reach the database that long after their answer, at most, when nobody waits for the commit).
     writer_batch_size: int = 512
-    writer_flush_ms: int = 50
+    writer_flush_ms: int = 10
     # How long the end of a response may wait for its exchange to be committed.
     writer_ack_timeout_ms: int = 1000
     writer_max_pending_mb: int = 256

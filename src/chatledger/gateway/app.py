@@ -6,6 +6,7 @@ Two apps with two databases can live in one process; everything they own hangs o
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -109,30 +110,41 @@ class ChatLedgerApp:
                 Store.open, database_path=settings.database_path, database_url=settings.database_url,
                 session_timeout_ms=settings.session_timeout, synchronous=settings.sqlite_synchronous,
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-            # Local files, one set per replica, beside the SQLite file (or where it would be).
-            local = settings.database_path.parent
-            dead_letter_path = self.store.dead_letter_path() or local / "chatledger.deadletter.jsonl"
-            backend = await asyncio.to_thread(self.store.search_backend)
-            if backend is not None:
-                self.search_indexer = SearchIndexer(backend)
-                self.search_indexer.start()
-            sink_factory = partial(self.store.sink, Pricer(self.config))
-            journal_root = settings.writer_journal_dir or local / "journal"
-            self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
-            await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)
-            journal = await asyncio.to_thread(Journal, self.journal_slot.directory)
-            self.writer = Writer(sink_factory, batch_size=settings.writer_batch_size,
-                                 flush_ms=settings.writer_flush_ms,
-                                 max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
-                                 dead_letter_path=dead_letter_path, journal=journal, ack=settings.recorder_ack(),
-                                 on_commit=self.search_indexer.notify if self.search_indexer else None,
-                                 niceness=settings.writer_niceness)
-            self.writer.start()
+            await self._start_search_indexer(self.store)
+            self.writer = await self._start_recorder(self.store)
             self.proxy.writer = self.writer
             await self.refresh_settings()
             self._background.append(asyncio.create_task(self._poll_settings()))
         if settings.enable_crud_api and self.store is not None:
             self.fallback = build_query_api(self)
+        # What start-up built (modules, the app, its routes) lives as long as the process: keep it out
+        # of the collector's full passes, which the records in flight would otherwise make expensive.
+        gc.freeze()
+
+    async def _start_search_indexer(self, store: Store) -> None:
+        backend = await asyncio.to_thread(store.search_backend)
+        if backend is not None:
+            self.search_indexer = SearchIndexer(backend)
+            self.search_indexer.start()
+
+    async def _start_recorder(self, store: Store) -> Writer:
+        """The writer, its journal slot (after writing what journals of gone processes still hold)."""
+        settings = self.settings
+        # Local files, one set per replica, beside the SQLite file (or where it would be).
+        local = settings.database_path.parent
+        dead_letter_path = store.dead_letter_path() or local / "chatledger.deadletter.jsonl"
+        sink_factory = partial(store.sink, Pricer(self.config))
+        journal_root = settings.writer_journal_dir or local / "journal"
+        self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
+        await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)
+        journal = await asyncio.to_thread(Journal, self.journal_slot.directory)
+        writer = Writer(sink_factory, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
+                        max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
+                        dead_letter_path=dead_letter_path, journal=journal, ack=settings.recorder_ack(),
+                        on_commit=self.search_indexer.notify if self.search_indexer else None,
+                        niceness=settings.writer_niceness)
+        writer.start()
+        return writer
 
     async def shutdown(self) -> None:
         for task in self._background:

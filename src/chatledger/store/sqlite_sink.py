@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from chatledger.pricing import Pricer
 from chatledger.store.batch import (
@@ -20,6 +21,7 @@ from chatledger.store.batch import (
     RESPONSE_COLUMNS,
     SESSION_COLUMNS,
     BatchBuilder,
+    BatchRows,
     OpenRequest,
     open_request,
 )
@@ -29,17 +31,23 @@ from chatledger.store.records import Record
 from chatledger.store.rollups import UPSERT_USAGE
 from chatledger.store.writer import TransientStoreError
 
+# A session with requests in the batch: one row version for its new requests (message_count adds up)
+# and its newest answer (parent_id) together, as each UPDATE rewrites the whole row.
 UPSERT_SESSION = f"""
-INSERT INTO sessions ({", ".join(SESSION_COLUMNS)}) VALUES ({", ".join("?" * len(SESSION_COLUMNS))})
+INSERT INTO sessions ({", ".join(SESSION_COLUMNS)}, parent_id)
+VALUES ({", ".join("?" * (len(SESSION_COLUMNS) + 1))})
 ON CONFLICT(id) DO UPDATE SET message_count = sessions.message_count + excluded.message_count,
                               updated_at = MAX(sessions.updated_at, excluded.updated_at),
-                              expires_at = MAX(sessions.expires_at, excluded.expires_at)
+                              expires_at = MAX(sessions.expires_at, excluded.expires_at),
+                              parent_id = COALESCE(excluded.parent_id, sessions.parent_id)
 """
 
-# Rows of (parent_id, chat_id, session id). chat_id is set once, by its own statement: SQLite rewrites
-# an index entry for every column an UPDATE sets, changed or not (a page per commit for nothing).
+# Rows of (parent_id, chat_id, session id), for sessions with only answers in the batch. chat_id is set
+# once, by its own statement, and only where the sink has not seen it set: SQLite rewrites the index
+# entry of every column an UPDATE sets, changed or not (a random page of idx_sessions_chat_id).
 ADVANCE_SESSION = "UPDATE sessions SET parent_id = ?1 WHERE id = ?3"
 SET_CHAT_ID = "UPDATE sessions SET chat_id = ?2 WHERE id = ?3 AND chat_id IS NULL AND ?2 IS NOT NULL"
+KNOWN_CHAT_IDS = 100_000
 
 INSERT_REQUEST = f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 INSERT_RESPONSE = (f"INSERT INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
@@ -54,6 +62,15 @@ WAL_KEPT_BYTES = 16 * 1024 * 1024
 WAL_HARD_LIMIT_BYTES = 512 * 1024 * 1024
 
 
+def _session_rows(rows: BatchRows) -> tuple[list[list[Any]], list[tuple[str, str | None, str]]]:
+    """The UPSERT rows (with the newest answer's parent_id) and the parent_id UPDATEs for sessions that
+    have only answers in the batch (their request went in with an earlier one)."""
+    parents = {session_id: parent_id for parent_id, _, session_id in rows.advanced}
+    upserts = [[*row, parents.pop(row[0], None)] for row in rows.sessions]
+    answered_only = [row for row in rows.advanced if row[2] in parents]
+    return upserts, answered_only
+
+
 class SQLiteSink:
     def __init__(self, path: Path, *, session_timeout_ms: int, synchronous: str = "NORMAL",
                  busy_timeout_ms: int = 5000, pricer: Pricer | None = None) -> None:
@@ -61,6 +78,7 @@ class SQLiteSink:
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._builder = BatchBuilder(session_timeout_ms, pricer, search_rows=False)
+        self._chat_id_set: set[str] = set()  # sessions whose chat_id is known to be set
         self._connection = self._connect()
         self._wal = path.with_name(path.name + "-wal")
         self._checkpointer = Checkpointer(path, synchronous)
@@ -117,11 +135,13 @@ class SQLiteSink:
             connection.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._builder.build(records, self)
-                connection.executemany(UPSERT_SESSION, rows.sessions)
+                sessions, answered_only = _session_rows(rows)
+                chat_ids = [row for row in rows.advanced if row[1] is not None and row[2] not in self._chat_id_set]
+                connection.executemany(UPSERT_SESSION, sessions)
                 connection.executemany(INSERT_REQUEST, rows.requests)
                 connection.executemany(INSERT_RESPONSE, rows.responses)
-                connection.executemany(ADVANCE_SESSION, rows.advanced)
-                connection.executemany(SET_CHAT_ID, rows.advanced)
+                connection.executemany(ADVANCE_SESSION, answered_only)
+                connection.executemany(SET_CHAT_ID, chat_ids)
                 connection.executemany(UPSERT_USAGE, rows.usage)
                 connection.execute("COMMIT")
             except BaseException:
@@ -133,6 +153,9 @@ class SQLiteSink:
         except sqlite3.DatabaseError as exc:  # locked, busy, read-only, disk full, I/O
             raise TransientStoreError(str(exc)) from exc
         self._builder.committed(rows)
+        if len(self._chat_id_set) > KNOWN_CHAT_IDS:
+            self._chat_id_set.clear()
+        self._chat_id_set.update(row[2] for row in chat_ids)
 
     # -- Lookups, for the batch builder (inside the write transaction) ------------------------------
 

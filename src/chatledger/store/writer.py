@@ -1,12 +1,12 @@
 """The recorder: one thread owns the write connection and commits records in batches.
 
 On the event loop a record costs a journal append (journal.py: one `write()`) and a deque append;
-no lock is contended, nothing is serialized for the database, and the thread is woken at most once
-per loop iteration: when an answer comes (answers are committed at once), `flush_ms` after the
-first other record (a request on its way upstream), or when `batch_size` records wait. The thread
-takes everything that has arrived (up to `batch_size` records per transaction), hands it to the
-sink as one transaction, notes in the journal how far the commits got, then wakes whoever waits on
-the batch with a single `call_soon_threadsafe`. Under load many exchanges share each commit.
+no lock is contended and nothing is serialized for the database. The thread is woken at the end of
+a loop iteration that produced an answer (answers are committed at once), `flush_ms` after the first
+other record (a request on its way upstream), or when `batch_size` records wait. It takes everything
+that has arrived (up to `batch_size` records per transaction), hands it to the sink as one
+transaction, notes in the journal how far the commits got, then wakes whoever waits on the batch
+with a single `call_soon_threadsafe`. Under load many exchanges share each commit (group commit).
 
 When an answer is durable (`ack`): `journal` - once its records are in the journal, so a response
 never waits for the database (a crash loses nothing: the next start replays the journal from the
@@ -77,7 +77,7 @@ class Writer:
         sink_factory: Callable[[], Sink],
         *,
         batch_size: int = 512,
-        flush_ms: int = 50,
+        flush_ms: int = 10,
         max_pending_bytes: int = 256 * 1024 * 1024,
         dead_letter_path: Path | None = None,
         retry_max_s: float = 1.0,
@@ -229,6 +229,8 @@ class Writer:
         durable: committed, or journaled."""
         journal = self._journal
         wait = self._ack == "commit" or journal is None or journal.broken is not None
+        # Committed at once even when nobody waits (the answer went out on the journal's word), so
+        # the database trails the answers by a commit, not by `flush_ms`.
         seq, journaled = self._submit(record, True)
         if not wait and journaled:
             return True
