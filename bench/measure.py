@@ -13,14 +13,17 @@ from pathlib import Path
 from procs import BENCH, HOST, LOAD_CPUS, PYTHON, pinned, run_json
 
 WRK_SCRIPT = BENCH / "lua" / "bodies.lua"
+WRK_GET_SCRIPT = BENCH / "lua" / "get.lua"
 PATH = "/v1/chat/completions"
 PERCENTILES = ("p50", "p90", "p99")
 
 
-def wrk(port: int, bodies: Path, connections: int, seconds: float) -> dict[str, float]:
-    """Closed loop, one wrk thread (it has one core, shared with the upstream)."""
+def wrk(port: int, bodies: Path | None, connections: int, seconds: float) -> dict[str, float]:
+    """Closed loop, one wrk thread (it has one core, shared with the upstream). `bodies` None: GET /."""
+    script = ["-s", str(WRK_SCRIPT), f"http://{HOST}:{port}{PATH}", "--", str(bodies)] if bodies else \
+        ["-s", str(WRK_GET_SCRIPT), f"http://{HOST}:{port}/"]
     command = pinned(LOAD_CPUS, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
-                                 "-s", str(WRK_SCRIPT), f"http://{HOST}:{port}{PATH}", "--", str(bodies)])
+                                 *script])
     raw = run_json(command, timeout=seconds + 60, marker="BENCH_JSON")
     errors = raw["errors"]
     result = {"rps": raw["requests"] / (raw["duration_us"] / 1e6), "answered": raw["requests"],

@@ -234,6 +234,15 @@ def start_upstream(processes: Processes, workdir: Path) -> tuple[subprocess.Pope
     return process, port
 
 
+def start_hello(processes: Processes, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/hello.py on the gateway's core: what one core answers with no gateway work at all."""
+    port = free_port()
+    process = processes.start(pinned(GATEWAY_CPUS, [PYTHON, str(BENCH / "hello.py"), str(port)]), cwd=workdir,
+                              log=workdir / "hello.log")
+    wait_port(port, 15, process)
+    return process, port
+
+
 def start_gateway(processes: Processes, workdir: Path, upstream_port: int, *, cpus: str = GATEWAY_CPUS,
                   workers: int = 1, extra_env: dict[str, str] | None = None) -> Gateway:
     """`chatledger serve` in a fresh directory of its own (its database lands in ./data/)."""

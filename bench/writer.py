@@ -48,14 +48,14 @@ def response_body() -> bytes:
         "usage": {"prompt_tokens": 250, "completion_tokens": 200, "total_tokens": 450}})
 
 
-def build_records(count: int) -> list[tuple[RequestRecord, ResponseRecord]]:
+def build_records(count: int, sessions: int = SESSIONS) -> list[tuple[RequestRecord, ResponseRecord]]:
     """`count` exchanges; bodies are shared between records (their content does not change the cost)."""
-    bodies = [request_body(session) for session in range(SESSIONS)]
+    bodies = [request_body(session) for session in range(sessions)]
     answer = response_body()
     now = int(time.time() * 1000)
     exchanges = []
     for index in range(count):
-        raw, parsed = bodies[index % SESSIONS]
+        raw, parsed = bodies[index % sessions]
         request_id = uuid7()
         request = RequestRecord(
             request_id=request_id, timestamp=now + index // 100, method="POST", path="/v1/chat/completions",
@@ -112,9 +112,10 @@ def count_rows(database: Path) -> dict[str, int]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Benchmark chatledger's recorder alone.")
     parser.add_argument("--exchanges", type=int, default=200_000)
+    parser.add_argument("--sessions", type=int, default=SESSIONS, help="conversations the exchanges spread over")
     parser.add_argument("--dir", type=Path, default=None, help="where to create the SQLite file (default: a temp dir)")
     args = parser.parse_args(argv)
-    exchanges = build_records(args.exchanges)
+    exchanges = build_records(args.exchanges, args.sessions)
     with tempfile.TemporaryDirectory(prefix="chatledger-writer-", dir=args.dir) as directory:
         database = Path(directory) / "writer.db"
         result = asyncio.run(measure(database, exchanges))
