@@ -256,3 +256,26 @@ def test_journals_left_by_gone_worker_processes_are_written_first(tmp_path):
     assert asyncio.run(run()) == 0  # nothing left the second time
     own.release()
     store.close()
+
+
+def test_answers_wait_for_their_commit_once_the_recorder_falls_behind(tmp_path):
+    """Backpressure: ack=journal answers at once only while the thread keeps up; past max_lag
+    uncommitted records, an answer waits for its commit, so a sustained load cannot grow memory."""
+    held = HeldSink()
+
+    async def run() -> tuple[list[bool], bool, bool]:
+        writer = Writer(lambda: held, flush_ms=1, journal=Journal(tmp_path), ack="journal", max_lag=2)
+        writer.start()
+        early = [await asyncio.wait_for(writer.submit_and_wait(_record(index), timeout=30), 10)
+                 for index in range(2)]
+        third = asyncio.ensure_future(writer.submit_and_wait(_record(2), timeout=30))
+        await asyncio.sleep(0.05)
+        held_back = not third.done()
+        held.release.set()
+        answered = await asyncio.wait_for(third, 10)
+        await asyncio.to_thread(writer.close)
+        return early, held_back, answered
+
+    early, held_back, answered = asyncio.run(run())
+    assert early == [True, True] and held_back and answered
+    assert sorted(held.written) == ["r00000", "r00001", "r00002"]

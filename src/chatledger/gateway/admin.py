@@ -66,7 +66,7 @@ async def health(app: ChatLedgerApp, scope: Scope, receive: Receive, send: Send)
     if writer is not None:
         store.update(healthy=writer.healthy, last_error=writer.last_error, submitted=writer.stats.submitted,
                      committed=writer.stats.committed, dropped=writer.stats.dropped,
-                     dead_lettered=writer.stats.dead_lettered)
+                     dead_lettered=writer.stats.dead_lettered, lag=writer.lag, spilled=writer.stats.spilled)
     indexer = app.search_indexer
     if indexer is not None:
         backlog = await asyncio.to_thread(indexer.backlog)

@@ -9,9 +9,11 @@ transaction, notes in the journal how far the commits got, then wakes whoever wa
 with a single `call_soon_threadsafe`. Under load many exchanges share each commit (group commit).
 
 When an answer is durable (`ack`): `journal` - once its records are in the journal, so a response
-never waits for the database (a crash loses nothing: the next start replays the journal from the
-last commit, skipping what was committed); `commit` - once its batch is committed (bounded by a
-timeout, so a broken store never holds a client). Without a journal, `commit` is the only choice.
+does not wait for the database (a crash loses nothing: the next start replays the journal from the
+last commit, skipping what was committed), as long as the thread keeps up (past `max_lag` records
+behind, answers wait for their commits: backpressure, not a growing backlog); `commit` - once its
+batch is committed (bounded by a timeout, so a broken store never holds a client). Without a
+journal, `commit` is the only choice.
 
 When the sink fails for a reason that may pass (locked, disk full, server gone) the batch is kept
 and retried with backoff, the cause logged once; records that fail on their own (a bug, a
@@ -83,6 +85,7 @@ class Writer:
         retry_max_s: float = 1.0,
         journal: Journal | None = None,
         ack: Ack = "commit",
+        max_lag: int | None = None,
         on_commit: Callable[[int], None] | None = None,
         niceness: int = 0,
     ) -> None:
@@ -96,6 +99,10 @@ class Writer:
         self._retry_max_s = retry_max_s
         self._journal = journal
         self._ack = ack
+        # ack='journal' answers without waiting only while the thread keeps up: past this many records
+        # not yet committed, answers wait for their commit too, so a sustained load finds its pace
+        # instead of growing a backlog (and memory) without end.
+        self._max_lag = max_lag if max_lag is not None else 2 * batch_size
         # Called from the writer thread after each commit with the number of responses it held.
         self._on_commit = on_commit
         self._niceness = niceness
@@ -232,9 +239,14 @@ class Writer:
         # Committed at once even when nobody waits (the answer went out on the journal's word), so
         # the database trails the answers by a commit, not by `flush_ms`.
         seq, journaled = self._submit(record, True)
-        if not wait and journaled:
+        if not wait and journaled and self.lag <= self._max_lag:
             return True
         return await self._wait_for(seq, timeout) or journaled
+
+    @property
+    def lag(self) -> int:
+        """Records submitted to memory and not committed yet."""
+        return self._seq - self._thread_committed_seq
 
     async def settled(self, timeout: float) -> bool:
         """Wait until everything submitted so far is committed (at most `timeout` seconds, and not at
