@@ -32,12 +32,12 @@ SESSIONS = 2_000  # exchanges are spread over this many conversations, as a busy
 API_KEY_HASH = "0123456789abcdef"
 
 
-def request_body(session: int) -> tuple[bytes, dict]:
+def request_body(session: int) -> tuple[bytes, str]:
+    """A request's bytes and the text that opens its conversation (what the gateway hands the recorder)."""
+    opening = f"Conversation {session}: " + "please summarize the quarterly report. " * 22
     body = {"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
-        {"role": "system", "content": "You are a concise assistant."},
-        {"role": "user", "content": f"Conversation {session}: " + "please summarize the quarterly report. " * 22}]}
-    raw = orjson.dumps(body)
-    return raw, orjson.loads(raw)
+        {"role": "system", "content": "You are a concise assistant."}, {"role": "user", "content": opening}]}
+    return orjson.dumps(body), opening
 
 
 def response_body() -> bytes:
@@ -55,11 +55,11 @@ def build_records(count: int, sessions: int = SESSIONS) -> list[tuple[RequestRec
     now = int(time.time() * 1000)
     exchanges = []
     for index in range(count):
-        raw, parsed = bodies[index % sessions]
+        raw, opening = bodies[index % sessions]
         request_id = uuid7()
         request = RequestRecord(
             request_id=request_id, timestamp=now + index // 100, method="POST", path="/v1/chat/completions",
-            endpoint="chat", body=parsed, openai_request=raw, provider_request=None, model="gpt-4o-mini",
+            endpoint="chat", first_user_text=opening, openai_request=raw, provider_request=None, model="gpt-4o-mini",
             provider="openai", upstream_model="gpt-4o-mini", stream=False, session_hint=None,
             api_key_hash=API_KEY_HASH)
         response = ResponseRecord(request_id=request_id, response_id=uuid7(), timestamp=now + index // 100,

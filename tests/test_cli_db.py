@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from chatledger.cli import main
+from chatledger.sessions import first_user_text
 from chatledger.store import Store, migrate
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.sqlite_sink import SQLiteSink
@@ -46,7 +47,8 @@ def exchange(n: int, *, model: str = "gpt-4o-mini", text: str | None = None, tim
     if status >= 400:
         answer = {"error": {"message": error or "upstream failed", "type": "server_error"}}
     request = RequestRecord(request_id=f"req-{n}", timestamp=timestamp, method="POST", path=path, endpoint=endpoint,
-                            body=body, openai_request=orjson.dumps(body), provider_request=None, model=model,
+                            first_user_text=first_user_text(body, endpoint), openai_request=orjson.dumps(body),
+                            provider_request=None, model=model,
                             provider="openai", upstream_model=model, stream=stream, session_hint=session,
                             api_key_hash=None)
     response = ResponseRecord(request_id=f"req-{n}", response_id=f"resp-{n}", timestamp=timestamp + 250,

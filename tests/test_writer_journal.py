@@ -36,8 +36,7 @@ class FlakySink:
 
 
 def _record(index: int) -> RequestRecord:
-    body = {"model": "m", "messages": [{"role": "user", "content": f"journal {index}"}]}
-    return RequestRecord(f"r{index:05d}", index, "POST", "/v1/chat/completions", "chat", body,
+    return RequestRecord(f"r{index:05d}", index, "POST", "/v1/chat/completions", "chat", f"journal {index}",
                          b'{"model": "m"}', None, "m", "mock", "m", False, None, None)
 
 
@@ -185,8 +184,7 @@ def test_ack_journal_answers_before_the_commit_and_ack_commit_after_it(tmp_path)
 def _exchange(index: int) -> tuple[RequestRecord, ResponseRecord]:
     raw = f'{{"model": "m", "messages": [{{"role": "user", "content": "crash {index}"}}]}}'.encode()
     request = RequestRecord(f"q{index:05d}", 1_700_000_000_000 + index, "POST", "/v1/chat/completions", "chat",
-                            {"model": "m", "messages": [{"role": "user", "content": f"crash {index}"}]}, raw,
-                            None, "m", "mock", "m", False, None, None)
+                            f"crash {index}", raw, None, "m", "mock", "m", False, None, None)
     answer = b'{"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], ' \
              b'"usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}'
     return request, ResponseRecord(request.request_id, f"a{index:05d}", request.timestamp + 5, 200, 5,

@@ -19,7 +19,7 @@ from chatledger.gateway.asgi import BodyTooLarge, Receive, Scope, Send, read_bod
 from chatledger.ids import uuid7
 from chatledger.providers import Endpoint, ProviderCall, UpstreamRequest
 from chatledger.routing import Router
-from chatledger.sessions import api_key_fingerprint
+from chatledger.sessions import api_key_fingerprint, first_user_text
 from chatledger.sse import DONE, EventSplitter, is_usage_only_chunk
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.writer import Writer
@@ -124,7 +124,8 @@ class Exchange:
         model = self.body.get("model")
         writer.submit(RequestRecord(
             request_id=self.request_id, timestamp=self.timestamp, method="POST", path=self.path,
-            endpoint=self.endpoint, body=self.body, openai_request=self.raw, provider_request=provider_request,
+            endpoint=self.endpoint, first_user_text=first_user_text(self.body, self.endpoint),
+            openai_request=self.raw, provider_request=provider_request,
             model=model if isinstance(model, str) else "", provider=provider, upstream_model=upstream_model,
             stream=stream, session_hint=self.session_hint, api_key_hash=self.api_key_hash))
 

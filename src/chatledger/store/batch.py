@@ -3,9 +3,10 @@
 A sink asks `BatchBuilder.build` for a batch's rows inside its transaction (the builder reads what it
 needs through the sink's `Lookups`: ids, sessions, previous answers), writes them its own way, and,
 once the transaction has committed, calls `committed` so the builder's caches learn what is now
-true. Sessions are folded per batch: one UPSERT row per session for its new requests (message_count
-adds up, so it stays right with several writers) and one UPDATE per session for its newest answer
-(parent_id). Each response also gets its cost, its search text and its share of the hourly rollups.
+true. Sessions are folded per batch: one row per session for its new requests (message_count adds
+up, so it stays right with several writers) and its newest answer (parent_id). Each response also
+gets its cost and its share of the hourly rollups. Search text is not the recorder's business: the
+search indexers read it from the committed rows.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
-
 from chatledger.pricing import Pricer
-from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, first_user_text, restarted_session_id, session_key
+from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, restarted_session_id, session_key
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
 from chatledger.store.rollups import Exchange, RollupBatch
-from chatledger.store.rows import prompt_text, response_fields, text
+from chatledger.store.rows import response_fields, text
 
 SESSION_COLUMNS = ("id", "session_key", "first_user_message", "api_key_hash", "message_count", "created_at",
                    "updated_at", "expires_at")
@@ -33,7 +32,7 @@ RESPONSE_COLUMNS = ("id", "request_id", "session_id", "response_id", "timestamp"
                     "model", "provider", "api_key_hash", "created_at")
 # The columns `Lookups.find_requests` selects, in this order, for `open_request`.
 FIND_REQUEST_COLUMNS = ("id", "session_id", "model", "provider", "upstream_model", "api_key_hash", "stream",
-                        "path", "openai_request", "request_id")
+                        "request_id")
 
 SESSION_CACHE_SIZE = 100_000
 
@@ -53,21 +52,12 @@ class OpenRequest:
     upstream_model: str
     api_key_hash: str | None
     stream: bool
-    prompt: str  # this turn's text, for the search index
 
 
-def open_request(row: tuple[Any, ...] | Any, with_prompt: bool = True) -> OpenRequest:
+def open_request(row: tuple[Any, ...] | Any) -> OpenRequest:
     """An OpenRequest from a stored request row (FIND_REQUEST_COLUMNS), for a response whose request an
-    earlier run of the writer recorded. `with_prompt`: parse the request for its search text."""
-    prompt = ""
-    if with_prompt:
-        try:
-            body = orjson.loads(row[8])
-        except orjson.JSONDecodeError:
-            body = {}
-        endpoint = "chat" if row[7].endswith("chat/completions") else row[7].rsplit("/", 1)[-1]
-        prompt = prompt_text(body, endpoint) if isinstance(body, dict) else ""
-    return OpenRequest(row[0], row[1], row[2], row[3] or "", row[4] or "", row[5], bool(row[6]), prompt)
+    earlier run of the writer recorded."""
+    return OpenRequest(row[0], row[1], row[2], row[3] or "", row[4] or "", row[5], bool(row[6]))
 
 
 class Lookups(Protocol):
@@ -90,7 +80,6 @@ class BatchRows:
     responses: list[tuple[Any, ...]] = field(default_factory=list)
     advanced: list[tuple[str, str | None, str]] = field(default_factory=list)  # (parent_id, chat_id, session id)
     usage: list[tuple[Any, ...]] = field(default_factory=list)
-    search: list[tuple[int, str, str]] = field(default_factory=list)  # (response row id, prompt, answer)
     # Bookkeeping to apply once the transaction has committed.
     resolved: dict[str, tuple[str, int]] = field(default_factory=dict)
     opened: dict[str, OpenRequest] = field(default_factory=dict)
@@ -109,11 +98,9 @@ def _not_committed(records: list[Record], lookups: Lookups) -> list[Record]:
 
 
 class BatchBuilder:
-    def __init__(self, session_timeout_ms: int, pricer: Pricer | None = None, *, search_rows: bool = True) -> None:
+    def __init__(self, session_timeout_ms: int, pricer: Pricer | None = None) -> None:
         self._session_timeout_ms = session_timeout_ms
         self._pricer = pricer
-        # Whether the sink writes search text with the rows (else an indexer reads it from them later).
-        self._search_rows = search_rows
         # session key -> (session id, expires_at); trusted only to say "still active".
         self._sessions: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
         # request uuid -> what its response row needs, for requests whose response is not written yet.
@@ -150,7 +137,7 @@ class BatchBuilder:
             return
         ids = lookups.allocate_ids("requests", len(records))
         now = int(time.time() * 1000)
-        firsts = [first_user_text(record.body, record.endpoint) for record in records]
+        firsts = [record.first_user_text for record in records]
         keys = [None if record.session_hint else session_key(first, record.api_key_hash)
                 for record, first in zip(records, firsts, strict=True)]
         # One query for every key the cache cannot vouch for (a new conversation, another replica's).
@@ -176,9 +163,7 @@ class BatchBuilder:
                                   record.model, record.provider, record.upstream_model, record.stream,
                                   record.api_key_hash, now))
             rows.opened[record.request_id] = OpenRequest(row_id, session_id, record.model, record.provider,
-                                                         record.upstream_model, record.api_key_hash, record.stream,
-                                                         prompt_text(record.body, record.endpoint)
-                                                         if self._search_rows else "")
+                                                         record.upstream_model, record.api_key_hash, record.stream)
         rows.sessions = [session_rows[session_id] for session_id in sorted(session_rows)]
 
     def _resolve_session(self, record: RequestRecord, key: str | None, latest: dict[str, tuple[str, int] | None],
@@ -224,7 +209,7 @@ class BatchBuilder:
         for record, link, row_id in zip(records, links, ids, strict=True):
             if link is None:
                 raise UnknownRequest(f"response {record.response_id} for unknown request {record.request_id}")
-            fields = response_fields(record, with_text=self._search_rows)
+            fields = response_fields(record)
             parent_id = parents.get(link.session_id)
             if fields.error is None:
                 parents[link.session_id] = record.response_id
@@ -236,8 +221,6 @@ class BatchBuilder:
                                    fields.completion_tokens, fields.prompt_tokens, fields.total_tokens,
                                    fields.finish_reason, fields.error, record.status_code, record.duration_ms,
                                    record.ttft_ms, cost, link.model, link.provider, link.api_key_hash, now))
-            if self._search_rows and (link.prompt or fields.text):
-                rows.search.append((row_id, link.prompt, fields.text))
             rollups.add(Exchange(record.timestamp, link.model, link.provider, link.api_key_hash,
                                  fields.error is not None, link.stream, fields.prompt_tokens,
                                  fields.completion_tokens, fields.total_tokens, cost, record.duration_ms,

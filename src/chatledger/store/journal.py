@@ -63,7 +63,7 @@ def encode(record: Record) -> bytes:
         kind = REQUEST
         meta = orjson.dumps([record.request_id, record.timestamp, record.method, record.path, record.endpoint,
                              record.model, record.provider, record.upstream_model, record.stream,
-                             record.session_hint, record.api_key_hash, bool(record.body)])
+                             record.session_hint, record.api_key_hash, record.first_user_text])
         blobs = _blobs([record.openai_request, record.provider_request])
     else:
         kind = RESPONSE
@@ -97,15 +97,9 @@ def decode(kind: int, payload: bytes) -> Record:
     blobs = _read_blobs(view, 4 + meta_length)
     if kind == REQUEST:
         (request_id, timestamp, method, path, endpoint, model, provider, upstream_model, stream, session_hint,
-         api_key_hash, parsed) = meta
-        raw = blobs[0] or b""
-        body = {}
-        if parsed:  # the gateway parsed it: so will we (recording only keeps the bytes)
-            with contextlib.suppress(orjson.JSONDecodeError):
-                loaded = orjson.loads(raw)
-                body = loaded if isinstance(loaded, dict) else {}
-        return RequestRecord(request_id, timestamp, method, path, endpoint, body, raw, blobs[1], model, provider,
-                             upstream_model, stream, session_hint, api_key_hash)
+         api_key_hash, opening) = meta
+        return RequestRecord(request_id, timestamp, method, path, endpoint, opening, blobs[0] or b"", blobs[1], model,
+                             provider, upstream_model, stream, session_hint, api_key_hash)
     request_id, response_id, timestamp, status_code, duration_ms, ttft_ms, error, cut, extra, streamed = meta
     events = [blob or b"" for blob in blobs[2:]] if streamed else None
     return ResponseRecord(request_id, response_id, timestamp, status_code, duration_ms, blobs[0], blobs[1], events,

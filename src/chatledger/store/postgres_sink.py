@@ -56,7 +56,6 @@ WHERE session_key = ANY(%s) ORDER BY session_key, created_at DESC
 UPSERT_USAGE_PG = UPSERT_USAGE.replace("?", "%s")
 COPY_REQUESTS = f"COPY requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN"
 COPY_RESPONSES = f"COPY responses ({', '.join(RESPONSE_COLUMNS)}) FROM STDIN"
-COPY_SEARCH = "COPY search_index (id, prompt, response) FROM STDIN"
 # Fail over in seconds, not minutes, when the server or the network goes away.
 CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
                                    "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000,
@@ -161,10 +160,6 @@ class PostgresSink:
                         copy.write_row(row)
             if rows.usage:
                 cursor.executemany(UPSERT_USAGE_PG, rows.usage)
-            if rows.search:
-                with cursor.copy(COPY_SEARCH) as copy:
-                    for row in _clean(rows.search):
-                        copy.write_row(row)
 
     @staticmethod
     def _marker(records: list[Record]) -> tuple[str, str]:
@@ -224,4 +219,4 @@ class PostgresSink:
         with self._cursor() as cursor:
             cursor.execute(f"SELECT {', '.join(FIND_REQUEST_COLUMNS)} FROM requests WHERE request_id = ANY(%s)",
                            (request_ids,))
-            return {row[9]: open_request(row) for row in cursor.fetchall()}
+            return {row[7]: open_request(row) for row in cursor.fetchall()}

@@ -17,7 +17,9 @@ class RequestRecord:
     method: str
     path: str
     endpoint: str  # "chat", "completions" or "embeddings"
-    body: dict[str, Any]  # the parsed OpenAI request
+    # What opens the conversation (first user message, prompt, input), taken from the parsed request
+    # so the parsed body need not wait in memory for the recorder: it names the session.
+    first_user_text: str
     openai_request: bytes
     provider_request: bytes | None  # None when the upstream got `openai_request` unchanged
     model: str

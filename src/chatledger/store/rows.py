@@ -21,7 +21,6 @@ class ResponseFields:
     total_tokens: int | None
     finish_reason: str | None
     error: str | None
-    text: str = ""  # what the model said, for the search index
     cached_tokens: int = 0
 
 
@@ -39,10 +38,10 @@ def _error_message(payload: object) -> str | None:
     return None
 
 
-def response_fields(record: ResponseRecord, *, with_text: bool = True) -> ResponseFields:
-    """The columns of a response row; `with_text`: also the answer's text, for a search index."""
+def response_fields(record: ResponseRecord) -> ResponseFields:
+    """The columns of a response row."""
     if record.stream_events is not None:
-        return _streamed_fields(record, with_text)
+        return _streamed_fields(record)
     payload: object = None
     if record.openai_response:
         try:
@@ -55,8 +54,6 @@ def response_fields(record: ResponseRecord, *, with_text: bool = True) -> Respon
         fields.prompt_tokens, fields.completion_tokens, fields.total_tokens = usage_of(payload)
         fields.upstream_id = payload.get("id") if isinstance(payload.get("id"), str) else None
         fields.finish_reason = finish_reason_of(payload)
-        if with_text:
-            fields.text = answer_text(payload)
         fields.cached_tokens = cached_tokens_of(payload)
     if record.status_code >= 400:
         fields.error = fields.error or _error_message(payload) or f"HTTP {record.status_code}"
@@ -65,7 +62,7 @@ def response_fields(record: ResponseRecord, *, with_text: bool = True) -> Respon
     return fields
 
 
-def _streamed_fields(record: ResponseRecord, with_text: bool) -> ResponseFields:
+def _streamed_fields(record: ResponseRecord) -> ResponseFields:
     accumulator = ChunkAccumulator()
     for payload in iter_json_payloads(record.stream_events or []):
         accumulator.add(payload)
@@ -76,8 +73,7 @@ def _streamed_fields(record: ResponseRecord, with_text: bool) -> ResponseFields:
     if error and not record.cut:
         finish = "error"
     return ResponseFields(orjson.dumps(completion).decode(), text(record.provider_response), accumulator.id,
-                          prompt, completion_tokens, total, finish, error,
-                          answer_text(completion) if with_text else "", cached_tokens_of(completion))
+                          prompt, completion_tokens, total, finish, error, cached_tokens_of(completion))
 
 
 def cached_tokens_of(payload: dict) -> int:

@@ -77,7 +77,7 @@ class SQLiteSink:
         self._path = path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
-        self._builder = BatchBuilder(session_timeout_ms, pricer, search_rows=False)
+        self._builder = BatchBuilder(session_timeout_ms, pricer)
         self._chat_id_set: set[str] = set()  # sessions whose chat_id is known to be set
         self._connection = self._connect()
         self._wal = path.with_name(path.name + "-wal")
@@ -202,5 +202,5 @@ class SQLiteSink:
                 f"SELECT {', '.join(FIND_REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
                 (request_id,)).fetchone()
             if row is not None:
-                found[request_id] = open_request(row, with_prompt=False)
+                found[request_id] = open_request(row)
         return found
