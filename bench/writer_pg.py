@@ -5,6 +5,10 @@ conversations) go straight into `Writer(Store(DATABASE_URL).sink)` with the gate
 settings; the clock runs from the first submit to the end of `close()`, which returns once every
 queued record is committed. Each run creates its own database on the server (`--server`, default
 the local one at 127.0.0.1:5432, user postgres) and drops it afterwards. Prints one JSON object.
+
+The search index is not the recorder's work any more: each batch only queues its response ids.
+`--index` also runs the gateway's background indexer meanwhile (as every replica does), and reports
+how far behind it was when the recorder finished and how long it took to catch up.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -25,43 +30,61 @@ from chatledger.config import Settings
 from chatledger.store import Store
 from chatledger.store.journal import Journal
 from chatledger.store.records import RequestRecord, ResponseRecord
+from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.writer import Writer
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]], spill: Path) -> dict[str, object]:
+async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]], workdir: Path,
+                  index: bool) -> dict[str, object]:
     settings = Settings(_env_file=None)
-    store = Store.open(database_path=spill.with_name("unused.db"), database_url=url,
+    store = Store.open(database_path=workdir / "unused.db", database_url=url,
                        session_timeout_ms=settings.session_timeout)
+    backend = store.search_backend() if index else None
+    indexer = SearchIndexer(backend) if backend is not None else None
+    if indexer is not None:
+        indexer.start()
     writer = Writer(store.sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
                     max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
-                    journal=Journal(spill.parent / "journal"))
+                    journal=Journal(workdir / "journal"),
+                    on_commit=indexer.notify if indexer is not None else None, niceness=settings.writer_niceness)
     writer.start()
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     await feed(writer, exchanges, window=50_000)
     fed = time.perf_counter()
     await asyncio.to_thread(writer.close, 600.0)
     elapsed = time.perf_counter() - started
-    store.close()
     stats = writer.stats
-    return {"exchanges": len(exchanges), "seconds": elapsed, "feed_seconds": fed - started,
-            "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
-            "batches": stats.batches, "dropped": stats.dropped, "spilled": stats.spilled,
-            "dead_lettered": stats.dead_lettered, "request_bytes": len(exchanges[0][0].openai_request),
-            "response_bytes": len(exchanges[0][1].openai_response or b"")}
+    result: dict[str, object] = {
+        "exchanges": len(exchanges), "seconds": elapsed, "feed_seconds": fed - started,
+        "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
+        "batches": stats.batches, "dropped": stats.dropped, "spilled": stats.spilled,
+        "dead_lettered": stats.dead_lettered, "request_bytes": len(exchanges[0][0].openai_request),
+        "response_bytes": len(exchanges[0][1].openai_response or b""),
+        "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    if indexer is not None and backend is not None:
+        result["search_backlog_at_end"] = backend.backlog()
+        while backend.backlog():
+            await asyncio.sleep(0.05)
+        result["search_caught_up_after_s"] = time.perf_counter() - started - elapsed
+        await asyncio.to_thread(indexer.stop)
+    store.close()
+    return result
 
 
 def count_rows(url: str) -> dict[str, int]:
     with psycopg.connect(url) as connection:
         return {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # type: ignore[index]
-                for table in ("requests", "responses", "sessions", "search_index")}
+                for table in ("requests", "responses", "sessions", "search_index", "search_pending")}
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Benchmark chatledger's recorder alone, into PostgreSQL.")
     parser.add_argument("--exchanges", type=int, default=200_000)
     parser.add_argument("--server", default=SERVER, help="a database on the server to connect to first")
+    parser.add_argument("--index", action="store_true", help="run the background search indexer meanwhile")
     args = parser.parse_args(argv)
     exchanges = build_records(args.exchanges)
     name = f"chatledger_bench_{secrets.token_hex(4)}"
@@ -70,7 +93,8 @@ def main(argv: list[str]) -> None:
         admin.execute(f"CREATE DATABASE {name}")
         try:
             with tempfile.TemporaryDirectory(prefix="chatledger-writer-pg-") as directory:
-                result = asyncio.run(measure(f"{base}/{name}", exchanges, Path(directory) / "spill.jsonl"))
+                result = asyncio.run(measure(f"{base}/{name}", exchanges, Path(directory),
+                                           args.index))
             result["rows"] = count_rows(f"{base}/{name}")
         finally:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

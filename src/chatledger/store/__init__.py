@@ -13,6 +13,7 @@ from chatledger.store.engine import create_engine, psycopg_conninfo
 from chatledger.store.postgres_sink import PostgresSink
 from chatledger.store.search_index import SQLiteSearchIndex, search_path
 from chatledger.store.search_indexer import SearchBackend
+from chatledger.store.search_pg import PostgresSearchIndex
 from chatledger.store.sqlite_sink import SQLiteSink
 from chatledger.store.writer import Sink
 
@@ -50,7 +51,10 @@ class Store:
                           synchronous=self.synchronous, busy_timeout_ms=self.busy_timeout_ms, pricer=pricer)
 
     def search_backend(self) -> SearchBackend | None:
-        """What the background search indexer fills; None where the sink writes search rows itself."""
+        """What the background search indexer fills: the index file beside a SQLite ledger, or on
+        PostgreSQL the search table, from the queue the recorder fills (every replica indexes)."""
+        if self.dialect == "postgresql":
+            return PostgresSearchIndex(psycopg_conninfo(self.engine.url.render_as_string(hide_password=False)))
         if self.database_path is None:
             return None
         return SQLiteSearchIndex(self.database_path, synchronous=self.synchronous,

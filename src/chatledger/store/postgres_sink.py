@@ -4,7 +4,9 @@ Several replicas write to one database, so nothing here trusts a figure read bef
 ids come from the sequences in bulk, session counts and rollups only ever add up (UPSERTs), and
 the sessions a batch touches are locked in id order before they are read or written (rollup rows
 are written in key order after them), so two writers never wait on each other in a cycle.
-Requests, responses and their search text go in with COPY; the tsvector is a generated column.
+Requests and responses go in with COPY. Their search rows do not: the batch only queues its response
+ids in `search_pending`, and a background indexer (search_pg.py, on any replica) turns them into
+tsvectors later, so the recorder never waits for text search parsing or the GIN index.
 
 A lost connection is a TransientStoreError (the writer keeps the batch and retries). A connection
 lost while COMMIT was in flight leaves the batch's fate unknown: the retry first looks for it.
@@ -19,6 +21,7 @@ from typing import Any
 import psycopg
 
 from chatledger.pricing import Pricer
+from chatledger.store import pg_arrays
 from chatledger.store.batch import (
     FIND_REQUEST_COLUMNS,
     REQUEST_COLUMNS,
@@ -29,6 +32,8 @@ from chatledger.store.batch import (
     OpenRequest,
     open_request,
 )
+from chatledger.store.pg_arrays import int4_array, int8_array, text_array
+from chatledger.store.pg_vacuum import Vacuumer
 from chatledger.store.records import Record, RequestRecord
 from chatledger.store.rollups import UPSERT_USAGE
 from chatledger.store.writer import TransientStoreError
@@ -37,11 +42,13 @@ log = logging.getLogger("chatledger.writer")
 
 # One statement, one row version per session and batch: its new requests (message_count adds up) and
 # its newest answer (parent_id) together. A session with only an answer in the batch comes as a row
-# that changes nothing but those two (it exists: its request was committed before).
-SESSION_TYPES = ("text", "text", "text", "text", "int", "bigint", "bigint", "bigint", "text", "text")
+# that changes nothing but those two (it exists: its request was committed before). The columns go
+# as binary arrays (pg_arrays.py), each with its encoder here.
+SESSION_ARRAYS = (text_array, text_array, text_array, text_array, int4_array, int8_array, int8_array, int8_array,
+                  text_array, text_array)
 UPSERT_SESSIONS = f"""
 INSERT INTO sessions ({", ".join(SESSION_COLUMNS)}, parent_id, chat_id)
-SELECT * FROM unnest({", ".join(f"%s::{kind}[]" for kind in SESSION_TYPES)})
+SELECT * FROM unnest({", ".join(["%s"] * len(SESSION_ARRAYS))})
 ON CONFLICT (id) DO UPDATE SET message_count = sessions.message_count + excluded.message_count,
                                updated_at = GREATEST(sessions.updated_at, excluded.updated_at),
                                expires_at = GREATEST(sessions.expires_at, excluded.expires_at),
@@ -54,8 +61,23 @@ SELECT DISTINCT ON (session_key) session_key, id, expires_at FROM sessions
 WHERE session_key = ANY(%s) ORDER BY session_key, created_at DESC
 """
 UPSERT_USAGE_PG = UPSERT_USAGE.replace("?", "%s")
-COPY_REQUESTS = f"COPY requests ({', '.join(REQUEST_COLUMNS)}) FROM STDIN"
-COPY_RESPONSES = f"COPY responses ({', '.join(RESPONSE_COLUMNS)}) FROM STDIN"
+# Binary COPY: the server parses no text (the JSON bodies are most of a row) and psycopg's C code
+# writes the rows. The column types are read from the catalog at connect, so they follow the schema.
+COPY_COLUMNS = {"requests": REQUEST_COLUMNS, "responses": RESPONSE_COLUMNS}
+COPY = {table: f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+        for table, columns in COPY_COLUMNS.items()}
+COLUMN_TYPES = """
+SELECT attrelid::regclass::text, attname, atttypid::int FROM pg_attribute
+WHERE attrelid IN ('requests'::regclass, 'responses'::regclass) AND attnum > 0 AND NOT attisdropped
+"""
+# Ids from both sequences in one statement. Each batch takes, in its COMMIT's round trip, as many
+# as it used, for the next one (which takes what more it needs before it is built): no round trip of
+# its own in a steady stream. Ids a replica took but never used are gaps, as a rollback leaves.
+ALLOCATE_IDS = """
+SELECT ARRAY(SELECT nextval('requests_id_seq') FROM generate_series(1, %s)),
+       ARRAY(SELECT nextval('responses_id_seq') FROM generate_series(1, %s))
+"""
+QUEUE_SEARCH = "INSERT INTO search_pending (id) SELECT unnest(%s)"
 # Fail over in seconds, not minutes, when the server or the network goes away.
 CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
                                    "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000,
@@ -78,6 +100,11 @@ def _session_rows(rows: BatchRows) -> list[tuple[Any, ...]]:
     return [merged[session_id] for session_id in sorted(merged)]
 
 
+def _is_nul_error(exc: psycopg.DataError) -> bool:
+    """psycopg refuses a NUL in a text parameter; the server, in a binary array or COPY field."""
+    return "NUL" in str(exc) or "0x00" in str(exc)
+
+
 class PostgresSink:
     def __init__(self, conninfo: str, *, session_timeout_ms: int, pricer: Pricer | None = None) -> None:
         self._conninfo = conninfo
@@ -85,11 +112,27 @@ class PostgresSink:
         self._connection: psycopg.Connection | None = None
         # A batch whose COMMIT got no answer: (its rows, one request or response uuid it holds).
         self._unsure: tuple[BatchRows, str, str] | None = None
+        self._copy_types: dict[str, list[int]] = {}
+        # Row ids this replica has taken from the sequences and not used yet.
+        self._ids: dict[str, list[int]] = {"requests": [], "responses": []}
         self._connect()
+        # Where autovacuum is off, the session versions each batch leaves behind would pile up.
+        self._vacuumer = Vacuumer(conninfo)
+        self._vacuumer.start()
 
     def _connect(self) -> psycopg.Connection:
-        self._connection = psycopg.connect(self._conninfo, autocommit=False, **CONNECT_OPTIONS)
-        return self._connection
+        connection = psycopg.connect(self._conninfo, autocommit=False, **CONNECT_OPTIONS)
+        pg_arrays.register(connection.adapters)
+        try:
+            types = {(table, column): oid for table, column, oid in connection.execute(COLUMN_TYPES).fetchall()}
+            connection.rollback()
+        except BaseException:
+            connection.close()
+            raise
+        self._copy_types = {table: [types[table, column] for column in columns]
+                            for table, columns in COPY_COLUMNS.items()}
+        self._connection = connection
+        return connection
 
     def reconnect(self) -> None:
         self.close()
@@ -105,10 +148,11 @@ class PostgresSink:
         self._connection = None
 
     def shutdown(self) -> None:
+        self._vacuumer.stop()
         self.close()
 
     def maintain(self, idle: bool) -> float | None:
-        """Nothing to do between batches: the search vectors are written with the rows."""
+        """Nothing to do between batches: the search indexer runs on its own connection."""
         return None
 
     def write(self, records: list[Record]) -> None:
@@ -120,16 +164,15 @@ class PostgresSink:
             if not records:
                 return
             try:
-                rows = self._builder.build(records, self)
-                self._write_rows(connection, rows, clean=False)
+                rows = self._build(connection, records)
+                self._write_rows(connection, rows, records, clean=False)
             except psycopg.DataError as exc:
-                if "NUL" not in str(exc):
+                if not _is_nul_error(exc):
                     raise
+                self._unsure = None  # refused before its COMMIT: nothing of it is in
                 connection.rollback()  # rare: take the slow path, which replaces NUL characters
-                rows = self._builder.build(records, self)
-                self._write_rows(connection, rows, clean=True)
-            self._unsure = (rows, *self._marker(records))
-            connection.commit()
+                rows = self._build(connection, records)
+                self._write_rows(connection, rows, records, clean=True)
             self._unsure = None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             self.close()
@@ -142,24 +185,51 @@ class PostgresSink:
             raise
         self._builder.committed(rows)
 
-    def _write_rows(self, connection: psycopg.Connection, rows: BatchRows, *, clean: bool) -> None:
+    def _build(self, connection: psycopg.Connection, records: list[Record]) -> BatchRows:
+        requests = sum(isinstance(record, RequestRecord) for record in records)
+        short = (max(0, requests - len(self._ids["requests"])),
+                 max(0, len(records) - requests - len(self._ids["responses"])))
+        if any(short):
+            self._take_ids(connection.execute(ALLOCATE_IDS, short))
+        return self._builder.build(records, self)
+
+    def _take_ids(self, cursor: psycopg.Cursor) -> None:
+        row = cursor.fetchone()
+        assert row is not None
+        self._ids["requests"].extend(row[0])
+        self._ids["responses"].extend(row[1])
+
+    def _write_rows(self, connection: psycopg.Connection, rows: BatchRows, records: list[Record], *,
+                    clean: bool) -> None:
+        """Everything but the lookups: three statements, then the rest with the COMMIT in one round trip."""
         def _clean(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             return _without_nul(rows) if clean else rows
 
         with connection.cursor() as cursor:
             sessions = _session_rows(rows)
             if sessions:
-                cursor.execute(UPSERT_SESSIONS, [list(column) for column in zip(*_clean(sessions), strict=True)])
-            if rows.requests:
-                with cursor.copy(COPY_REQUESTS) as copy:
-                    for row in _clean(rows.requests):
-                        copy.write_row(row)
-            if rows.responses:
-                with cursor.copy(COPY_RESPONSES) as copy:
-                    for row in _clean(rows.responses):
-                        copy.write_row(row)
-            if rows.usage:
-                cursor.executemany(UPSERT_USAGE_PG, rows.usage)
+                cursor.execute(UPSERT_SESSIONS, [encode(column) for encode, column
+                                                 in zip(SESSION_ARRAYS, zip(*_clean(sessions), strict=True),
+                                                        strict=True)])
+            for table, table_rows in (("requests", rows.requests), ("responses", rows.responses)):
+                if table_rows:
+                    with cursor.copy(COPY[table]) as copy:
+                        copy.set_types(self._copy_types[table])
+                        for row in _clean(table_rows):
+                            copy.write_row(row)
+            # From here on a lost connection leaves the batch's fate unknown: the retry looks first.
+            self._unsure = (rows, *self._marker(records))
+            ids = connection.cursor()
+            with connection.pipeline():
+                if rows.responses:
+                    # In the batch's transaction: a committed response is always indexed or queued.
+                    cursor.execute(QUEUE_SEARCH, (int8_array(row[0] for row in rows.responses),))
+                for usage in _clean(rows.usage):
+                    cursor.execute(UPSERT_USAGE_PG, usage)
+                ids.execute(ALLOCATE_IDS, (max(0, len(rows.requests) - len(self._ids["requests"])),
+                                           max(0, len(rows.responses) - len(self._ids["responses"]))))
+                connection.commit()
+            self._take_ids(ids)
 
     @staticmethod
     def _marker(records: list[Record]) -> tuple[str, str]:
@@ -193,30 +263,36 @@ class PostgresSink:
 
     def committed_ids(self, request_ids: list[str], response_ids: list[str]) -> tuple[set[str], set[str]]:
         with self._cursor() as cursor:
-            cursor.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s)", (request_ids,))
+            cursor.execute("SELECT request_id FROM requests WHERE request_id = ANY(%s)", (text_array(request_ids),))
             requests = {row[0] for row in cursor.fetchall()}
-            cursor.execute("SELECT response_id FROM responses WHERE response_id = ANY(%s)", (response_ids,))
+            cursor.execute("SELECT response_id FROM responses WHERE response_id = ANY(%s)",
+                           (text_array(response_ids),))
             return requests, {row[0] for row in cursor.fetchall()}
 
     def allocate_ids(self, table: str, count: int) -> list[int]:
-        """Ids from the table's sequence, in one round trip: never max()+1, since replicas write too."""
-        with self._cursor() as cursor:
-            cursor.execute(f"SELECT nextval('{table}_id_seq') FROM generate_series(1, %s)", (count,))
-            return [row[0] for row in cursor.fetchall()]
+        """Ids from the table's sequence (never max()+1, since replicas write too), taken before the
+        batch was built (`_build`)."""
+        ids = self._ids[table]
+        if len(ids) < count:  # more rows than the batch has records: not from BatchBuilder
+            with self._cursor() as cursor:
+                cursor.execute(f"SELECT nextval('{table}_id_seq') FROM generate_series(1, %s)", (count - len(ids),))
+                ids.extend(row[0] for row in cursor.fetchall())
+        self._ids[table] = ids[count:]
+        return ids[:count]
 
     def latest_sessions(self, keys: list[str]) -> dict[str, tuple[str, int]]:
         with self._cursor() as cursor:
-            cursor.execute(LATEST_SESSIONS, (keys,))
+            cursor.execute(LATEST_SESSIONS, (text_array(keys),))
             return {key: (session_id, expires) for key, session_id, expires in cursor.fetchall()}
 
     def parents(self, session_ids: list[str]) -> dict[str, str | None]:
         """Lock the batch's sessions (id order) and read their last answers, current as of the lock."""
         with self._cursor() as cursor:
-            cursor.execute(LOCK_SESSIONS, (session_ids,))
+            cursor.execute(LOCK_SESSIONS, (text_array(session_ids),))
             return dict(cursor.fetchall())
 
     def find_requests(self, request_ids: list[str]) -> dict[str, OpenRequest]:
         with self._cursor() as cursor:
             cursor.execute(f"SELECT {', '.join(FIND_REQUEST_COLUMNS)} FROM requests WHERE request_id = ANY(%s)",
-                           (request_ids,))
+                           (text_array(request_ids),))
             return {row[7]: open_request(row) for row in cursor.fetchall()}
