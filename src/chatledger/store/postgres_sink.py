@@ -4,9 +4,11 @@ Several replicas write to one database, so nothing here trusts a figure read bef
 ids come from the sequences in bulk, session counts and rollups only ever add up (UPSERTs), and
 the sessions a batch touches are locked in id order before they are read or written (rollup rows
 are written in key order after them), so two writers never wait on each other in a cycle.
-Requests and responses go in with COPY. Their search rows do not: the batch only queues its response
-ids in `search_pending`, and a background indexer (search_pg.py, on any replica) turns them into
-tsvectors later, so the recorder never waits for text search parsing or the GIN index.
+Requests and responses go in with binary COPY, the sessions with one UPSERT; the rest of the batch
+(search queue, rollups, the next batch's ids) rides in the COMMIT's round trip. Search rows are not
+the recorder's: the batch only queues its response ids in `search_pending`, and a background indexer
+(search_pg.py, on any replica) turns them into tsvectors later, so the recorder never waits for text
+search parsing or the GIN index.
 
 A lost connection is a TransientStoreError (the writer keeps the batch and retries). A connection
 lost while COMMIT was in flight leaves the batch's fate unknown: the retry first looks for it.
@@ -67,8 +69,8 @@ COPY_COLUMNS = {"requests": REQUEST_COLUMNS, "responses": RESPONSE_COLUMNS}
 COPY = {table: f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
         for table, columns in COPY_COLUMNS.items()}
 COLUMN_TYPES = """
-SELECT attrelid::regclass::text, attname, atttypid::int FROM pg_attribute
-WHERE attrelid IN ('requests'::regclass, 'responses'::regclass) AND attnum > 0 AND NOT attisdropped
+SELECT c.relname, a.attname, a.atttypid::int FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+WHERE a.attrelid IN ('requests'::regclass, 'responses'::regclass) AND a.attnum > 0 AND NOT a.attisdropped
 """
 # Ids from both sequences in one statement. Each batch takes, in its COMMIT's round trip, as many
 # as it used, for the next one (which takes what more it needs before it is built): no round trip of
@@ -219,17 +221,17 @@ class PostgresSink:
                             copy.write_row(row)
             # From here on a lost connection leaves the batch's fate unknown: the retry looks first.
             self._unsure = (rows, *self._marker(records))
-            ids = connection.cursor()
-            with connection.pipeline():
-                if rows.responses:
-                    # In the batch's transaction: a committed response is always indexed or queued.
-                    cursor.execute(QUEUE_SEARCH, (int8_array(row[0] for row in rows.responses),))
-                for usage in _clean(rows.usage):
-                    cursor.execute(UPSERT_USAGE_PG, usage)
-                ids.execute(ALLOCATE_IDS, (max(0, len(rows.requests) - len(self._ids["requests"])),
-                                           max(0, len(rows.responses) - len(self._ids["responses"]))))
-                connection.commit()
-            self._take_ids(ids)
+            with connection.cursor() as ids:
+                with connection.pipeline():
+                    if rows.responses:
+                        # In the batch's transaction: a committed response is always indexed or queued.
+                        cursor.execute(QUEUE_SEARCH, (int8_array(row[0] for row in rows.responses),))
+                    for usage in _clean(rows.usage):
+                        cursor.execute(UPSERT_USAGE_PG, usage)
+                    ids.execute(ALLOCATE_IDS, (max(0, len(rows.requests) - len(self._ids["requests"])),
+                                               max(0, len(rows.responses) - len(self._ids["responses"]))))
+                    connection.commit()
+                self._take_ids(ids)
 
     @staticmethod
     def _marker(records: list[Record]) -> tuple[str, str]:
