@@ -142,6 +142,7 @@ class Journal:
         self._lock = threading.Lock()  # the segment list, shared by append (rotation) and cleanup
         directory.mkdir(parents=True, exist_ok=True)
         self._segments = _segments(directory)
+        self._progress_fd: int | None = None  # the recorder thread's, kept open: one pwrite per commit
         progress = self._read_progress()
         oldest = (self._segments[0], 0) if self._segments else (1, 0)
         # Records before the progress point are committed; a progress file from before the oldest
@@ -261,14 +262,12 @@ class Journal:
         self._write_progress(position)
 
     def _write_progress(self, position: Position) -> None:
-        # Fixed width at offset 0: one pwrite, never a half-replaced file.
+        # Fixed width at offset 0: one pwrite per commit, never a half-replaced file.
         text = f"{position[0]:>12} {position[1]:>20}\n".encode()
         try:
-            fd = os.open(self.directory / "progress", os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.pwrite(fd, text, 0)
-            finally:
-                os.close(fd)
+            if self._progress_fd is None:
+                self._progress_fd = os.open(self.directory / "progress", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.pwrite(self._progress_fd, text, 0)
         except OSError as exc:
             log.warning("journal %s: progress not saved (%s); a restart replays more, duplicates are skipped",
                         self.directory, exc)
@@ -283,6 +282,10 @@ class Journal:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
+        if self._progress_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._progress_fd)
+            self._progress_fd = None
         with self._lock:
             own_empty = [n for n in self._segments if n >= self.first_own_segment]
         # A clean stop with everything committed leaves an empty directory behind, not empty files.
