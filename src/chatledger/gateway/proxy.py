@@ -129,14 +129,13 @@ class Exchange:
             model=model if isinstance(model, str) else "", provider=provider, upstream_model=upstream_model,
             stream=stream, session_hint=self.session_hint, api_key_hash=self.api_key_hash))
 
-    async def record_response(self, record: ResponseRecord) -> None:
+    async def record_response(self, status: int, **fields: Any) -> None:
+        """Record the answer and return once it is durable (see Writer.submit_and_wait)."""
         writer = self.context.writer
         if writer is not None:
+            record = ResponseRecord(request_id=self.request_id, response_id=uuid7(), timestamp=_now_ms(),
+                                    status_code=status, duration_ms=self.elapsed_ms(), **fields)
             await writer.submit_and_wait(record, self.context.ack_timeout)
-
-    def response(self, status: int, **fields: Any) -> ResponseRecord:
-        return ResponseRecord(request_id=self.request_id, response_id=uuid7(), timestamp=_now_ms(),
-                              status_code=status, duration_ms=self.elapsed_ms(), **fields)
 
     async def fail(self, send: Send, error: GatewayError) -> None:
         """Answer with an OpenAI-style error, recording the exchange (even one we could not parse)."""
@@ -146,8 +145,8 @@ class Exchange:
         upstream = isinstance(error, UpstreamHTTPError)
         message = None if upstream else error.message
         provider_body = error.provider_body if upstream else None
-        await self.record_response(self.response(error.status, openai_response=error.body(), error=message,
-                                                 provider_response=provider_body))
+        await self.record_response(error.status, openai_response=error.body(), error=message,
+                                   provider_response=provider_body)
         await send_error(send, error, self.id_header())
 
 
@@ -185,8 +184,8 @@ async def handle_llm(context: ProxyContext, endpoint: Endpoint, scope: Scope, re
     except GatewayError as error:
         await exchange.fail(send, error)
         return
-    await exchange.record_response(exchange.response(completion.status, openai_response=completion.body,
-                                                     provider_response=completion.provider_body))
+    await exchange.record_response(completion.status, openai_response=completion.body,
+                                   provider_response=completion.provider_body)
     await send_bytes(send, completion.status, completion.body, completion.content_type,
                      completion.relay_headers + exchange.id_header())
 
@@ -258,10 +257,9 @@ async def _relay_stream(exchange: Exchange, upstream_request: UpstreamRequest, c
     if rest:
         events.append(rest)
     raw_stream = upstream_request.provider_stream
-    record = exchange.response(200, stream_events=events, ttft_ms=ttft_ms, cut=state["cut"],
-                               provider_response=b"".join(raw_stream) if raw_stream else None,
-                               error=error or ("client disconnected before the end" if state["cut"] else None))
-    await exchange.record_response(record)
+    await exchange.record_response(200, stream_events=events, ttft_ms=ttft_ms, cut=state["cut"],
+                                   provider_response=b"".join(raw_stream) if raw_stream else None,
+                                   error=error or ("client disconnected before the end" if state["cut"] else None))
     if not state["cut"]:
         final = rest + (tail or (DONE if saw_done else b""))
         await send({"type": "http.response.body", "body": final, "more_body": False})
