@@ -1,6 +1,6 @@
 """Latency of the query API over a store of 1,000,000 recorded exchanges.
 
-    .venv/bin/python bench/query.py [--db PATH] [--rows N] [--reps 30] [--rounds 3]
+    .venv/bin/python bench/query.py [--db PATH] [--rows N] [--reps 30] [--rounds 3] [--only WORDS]
 
 1. Fills a store through the recorder's own sink (bench/query_fill.py), or reuses the one at --db
    when it already holds --rows indexed exchanges (the first run takes several minutes).
@@ -35,11 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from query_fill import API_KEYS, DAY_MS, START_MS, ensure_filled, vocabulary
 
+from chatledger.store.search_index import search_path
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "query-benchmarks.md"
 BEGIN = "<!-- bench/query.py: begin (generated, a rerun replaces this block) -->"
 END = "<!-- bench/query.py: end -->"
 BUDGET_MS = 50.0
+RARE_MODEL = "claude-opus-4-20250514"  # 2% of the sessions
 WARMUP = 3
 
 Path_ = Callable[[], str]  # the URL path (with query) for the next call
@@ -87,13 +90,15 @@ def read_only(path: Path) -> sqlite3.Connection:
 
 
 def matches(connection: sqlite3.Connection, word: str) -> int:
+    """Exchanges whose text has `word` (`connection` on the search index's own file)."""
     return connection.execute("SELECT COUNT(*) FROM search_index WHERE search_index MATCH ?",
                               (f'"{word}"',)).fetchone()[0]
 
 
 def pick_subjects(path: Path, rng: random.Random) -> Subjects:
     words = vocabulary()
-    with contextlib.closing(read_only(path)) as connection:
+    with contextlib.closing(read_only(path)) as connection, \
+            contextlib.closing(read_only(search_path(path))) as search:
         top = connection.execute("SELECT MAX(id) FROM requests").fetchone()[0]
         request_ids = [connection.execute("SELECT request_id FROM requests WHERE id = ?",
                                           (rng.randint(1, top),)).fetchone()[0] for _ in range(200)]
@@ -101,12 +106,14 @@ def pick_subjects(path: Path, rng: random.Random) -> Subjects:
             "SELECT id, message_count FROM sessions WHERE message_count BETWEEN 20 AND 30 "
             "ORDER BY created_at LIMIT 1 OFFSET 1000").fetchone()
         return Subjects(request_ids, session_id, count, "gpt-4o", API_KEYS[3], START_MS + 10 * DAY_MS,
-                        START_MS + 11 * DAY_MS, words[500], matches(connection, words[500]), words[0],
-                        matches(connection, words[0]))
+                        START_MS + 11 * DAY_MS, words[500], matches(search, words[500]), words[0],
+                        matches(search, words[0]))
 
 
 def store_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    """The ledger and its search index, with their WAL files."""
+    files = [*path.parent.glob(path.name + "*"), *path.parent.glob(search_path(path).name + "*")]
+    return sum(p.stat().st_size for p in files if p.is_file())
 
 
 # -- the gateway --------------------------------------------------------------------------------------
@@ -187,6 +194,12 @@ def probes(client: httpx.Client, s: Subjects) -> list[Probe]:
         ("usage by day", fixed("/v1/usage?group_by=day")),
         ("usage by model, one day", fixed(f"/v1/usage?group_by=model&{window}")),
         ("search, relevance order (mid-frequency word)", fixed(f"/v1/search?q={s.mid_word}&sort=relevance")),
+        ("search, relevance order (common word)", fixed(f"/v1/search?q={s.common_word}&sort=relevance")),
+        ("responses, rare model + status=error", fixed(f"/v1/responses?model={RARE_MODEL}&status=error&limit=50")),
+        ("responses, status=error, slowest first", fixed("/v1/responses?status=error&sort=duration&limit=50")),
+        ("requests, status=error", fixed("/v1/requests?status=error&limit=50")),
+        ("sessions, status=error", fixed("/v1/sessions?status=error&limit=50")),
+        ("sessions, one provider", fixed("/v1/sessions?provider=anthropic&limit=50")),
     ]
     return [Probe(label, path, path(), extra=index >= len(asked))
             for index, (label, path) in enumerate(asked + extra)]
@@ -216,8 +229,10 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def measure(client: httpx.Client, subjects: Subjects, reps: int, rounds: int) -> list[Result]:
-    table = probes(client, subjects)
+def measure(client: httpx.Client, subjects: Subjects, reps: int, rounds: int,
+            only: list[str] | None = None) -> list[Result]:
+    table = [probe for probe in probes(client, subjects)
+             if not only or any(word in probe.label for word in only)]
     per_round: dict[str, list[tuple[float, float, float]]] = {probe.label: [] for probe in table}
     for round_ in range(rounds):
         print(f"round {round_ + 1}/{rounds}", flush=True)
@@ -303,15 +318,17 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30, help="timed calls per endpoint and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the table shows medians over them")
     parser.add_argument("--docs", type=Path, default=DOCS, help="markdown file to update ('-' for none)")
+    parser.add_argument("--only", action="append", metavar="WORDS",
+                        help="time only the calls whose label contains WORDS (repeatable; the docs are left alone)")
     args = parser.parse_args()
     path = args.db.resolve()
     ensure_filled(path, args.rows)
     subjects = pick_subjects(path, random.Random(3))
     with gateway(path) as client:
-        results = measure(client, subjects, args.reps, args.rounds)
+        results = measure(client, subjects, args.reps, args.rounds, args.only)
     section = report(results, path, args.rows, args.reps, args.rounds)
     print(section)
-    if str(args.docs) != "-":
+    if str(args.docs) != "-" and not args.only:
         write_docs(section, args.docs)
         print(f"written to {args.docs}")
 

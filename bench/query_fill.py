@@ -1,8 +1,10 @@
 """Fill a store with synthetic exchanges for bench/query.py, through the recorder's own sink.
 
-The rows, the hourly rollups (usage_hourly) and the full-text index (search_index) are written by
-`Store.sink(pricer).write(batch)` and `sink.maintain(idle=True)`, exactly what the gateway's
-Writer thread calls, so the database is what a gateway would have left after recording them.
+The rows and the hourly rollups (usage_hourly) are written by `Store.sink(pricer).write(batch)` and
+`sink.maintain(idle=False)`, exactly what the gateway's Writer thread calls, and the full-text index
+(`<ledger stem>-search.db`) by `SQLiteSearchIndex.index_next`, what the gateway's search indexer
+thread calls, running beside the writer as it does in the gateway; so the files are what a gateway
+would have left after recording them. Ids are UUIDv7 of the exchange's time, as the gateway's.
 
 What is recorded (deterministic for a given seed):
 * 50,000 sessions over 30 days, each 2 to 38 turns (20 on average, 1,000,000 exchanges in all); a
@@ -20,11 +22,13 @@ What is recorded (deterministic for a given seed):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import heapq
 import itertools
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +42,7 @@ from chatledger.config import Settings, load_gateway_config
 from chatledger.pricing import Pricer
 from chatledger.store import Store
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
+from chatledger.store.search_index import SQLiteSearchIndex, search_path
 from chatledger.store.writer import Sink
 
 DAY_MS = 86_400_000
@@ -48,7 +53,7 @@ BATCH = 1000  # records per sink.write, as a busy gateway's writer would batch t
 MAX_BODY = 8 * 1024
 SESSION_TIMEOUT_MS = 30 * 60 * 1000
 VOCABULARY_SIZE = 4000
-FILL_VERSION = 3  # bump when what is generated changes, so that cached stores are filled anew
+FILL_VERSION = 4  # bump when what is generated changes, so that cached stores are filled anew
 # (model, provider, weight)
 MODELS = [
     ("gpt-4o-mini", "openai", 30), ("gpt-4o", "openai", 12), ("gpt-4.1", "openai", 8),
@@ -115,6 +120,11 @@ class TextMaker:
             sentences.append(sentence[:1].upper() + sentence[1:] + ".")
             start = end
         return " ".join(sentences)
+
+
+def uuid7_at(ms: int, rng: random.Random) -> str:
+    """A UUIDv7 for the time `ms` (the gateway's ids.uuid7 takes the clock; this one is deterministic)."""
+    return str(uuid.UUID(int=ms << 80 | 0x7 << 76 | rng.getrandbits(12) << 64 | 0b10 << 62 | rng.getrandbits(62)))
 
 
 # -- sessions and exchanges ---------------------------------------------------------------------------
@@ -191,7 +201,7 @@ class Generator:
             session.history.append({"role": "user", "content": self.text.text(rng.randint(80, 600))})
         body = request_body(session)
         raw = orjson.dumps(body)
-        request_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        request_id = uuid7_at(at, rng)
         request = RequestRecord(
             request_id=request_id, timestamp=at, method="POST", path="/v1/chat/completions", endpoint="chat",
             body=body, openai_request=raw, provider_request=provider_request(body, session), model=session.model,
@@ -212,8 +222,7 @@ class Generator:
         body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error" if status == 400
                                        else "server_error", "param": None, "code": code}})
         duration = self.rng.randint(20, 900)
-        return ResponseRecord(request_id=request_id, response_id=str(uuid.UUID(int=self.rng.getrandbits(128),
-                                                                                version=4)),
+        return ResponseRecord(request_id=request_id, response_id=uuid7_at(at + duration, self.rng),
                               timestamp=at + duration, status_code=status, duration_ms=duration,
                               openai_response=body)
 
@@ -224,7 +233,7 @@ class Generator:
         completion_id = "chatcmpl-" + uuid.UUID(int=rng.getrandbits(128)).hex[:24]
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4,
                  "total_tokens": prompt_tokens + len(answer) // 4}
-        response_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        response_id = uuid7_at(at + duration, rng)
         created = at // 1000
         if session.stream:
             ttft = min(duration, rng.randint(150, 900))
@@ -302,23 +311,24 @@ def marker(path: Path) -> Path:
 
 
 def recorded(path: Path) -> int:
-    """Exchanges stored and indexed for search by a completed fill of this version (else 0)."""
+    """Exchanges stored, and indexed for search, by a completed fill of this version (else 0)."""
     try:
         filled = orjson.loads(marker(path).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return 0
-    if not path.exists() or filled.get("version") != FILL_VERSION:
+    index = search_path(path)
+    if not path.exists() or not index.exists() or filled.get("version") != FILL_VERSION:
         return 0
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        responses = connection.execute("SELECT COALESCE(MAX(id), 0) FROM responses").fetchone()[0]
-        watermark = connection.execute(
-            "SELECT value FROM metadata WHERE key = 'search_indexed_through'").fetchone()
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as ledger, \
+                contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as search:
+            responses = ledger.execute("SELECT COALESCE(MAX(id), 0) FROM responses").fetchone()[0]
+            ledger_id = ledger.execute("SELECT value FROM metadata WHERE key = 'ledger_id'").fetchone()
+            state = dict(search.execute("SELECT key, value FROM search_state").fetchall())
     except sqlite3.Error:
         return 0
-    finally:
-        connection.close()
-    indexed = watermark is not None and int(watermark[0]) >= responses
+    indexed = (ledger_id is not None and state.get("ledger_id") == ledger_id[0]
+               and int(state.get("indexed_through", 0)) >= responses)
     return responses if indexed and responses == filled.get("exchanges") else 0
 
 
@@ -330,12 +340,45 @@ def open_sink(path: Path) -> Sink:
     return store.sink(Pricer(config))
 
 
+class Indexer(threading.Thread):
+    """The gateway's search indexer, in short: index what the writer has committed, beside it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="bench-search", daemon=True)
+        self.index = SQLiteSearchIndex(path)
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                if self.index.index_next(4096) < 4096:
+                    time.sleep(0.5)
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+
+    def finish(self) -> int:
+        """Stop, then index whatever is left; returns the rows indexed."""
+        self.done.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
+        self.index.catch_up(4096)
+        count = self.index._index.execute("SELECT COUNT(*) FROM search_index").fetchone()[0]
+        self.index.close()
+        return count
+
+
 def fill(path: Path, total: int, seed: int = 1) -> None:
-    """Record `total` exchanges into a new store at `path`, printing progress."""
-    for stale in (marker(path), path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        stale.unlink(missing_ok=True)
+    """Record `total` exchanges into a new store at `path` (and its search index), printing progress."""
+    index = search_path(path)
+    for stale in (marker(path), path, index):
+        for name in (stale, stale.with_name(stale.name + "-wal"), stale.with_name(stale.name + "-shm")):
+            name.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     sink = open_sink(path)
+    indexer = Indexer(path)
+    indexer.start()
     started = time.monotonic()
     batch: list[Record] = []
     done = 0
@@ -343,17 +386,21 @@ def fill(path: Path, total: int, seed: int = 1) -> None:
         batch += (exchange.request, exchange.response)
         if len(batch) >= BATCH:
             sink.write(batch)
-            # As the gateway's Writer under steady load: the indexer takes the rows every 4096 or 1 s.
-            sink.maintain(idle=False)
+            sink.maintain(idle=False)  # as the gateway's Writer under steady load: keeps the WAL bounded
             done += len(batch) // 2
             batch = []
             if done % 50_000 == 0:
-                print(f"  {done:>9,} exchanges recorded  {done / (time.monotonic() - started):,.0f}/s", flush=True)
+                print(f"  {done:>9,} exchanges recorded  {done / (time.monotonic() - started):,.0f}/s  "
+                      f"search index through {indexer.index.watermark:,}", flush=True)
     if batch:
         sink.write(batch)
-    sink.shutdown()  # indexes what is left for search, checkpoints the WAL
+    sink.shutdown()  # checkpoints the WAL
+    print(f"  {total:,} exchanges recorded in {time.monotonic() - started:,.0f} s; indexing the rest", flush=True)
+    indexed = indexer.finish()
+    if indexed != total:
+        raise RuntimeError(f"the search index holds {indexed:,} rows, not {total:,}")
     marker(path).write_bytes(orjson.dumps({"version": FILL_VERSION, "exchanges": total, "seed": seed}))
-    print(f"  {total:,} exchanges in {time.monotonic() - started:,.0f} s", flush=True)
+    print(f"  {total:,} exchanges recorded and indexed in {time.monotonic() - started:,.0f} s", flush=True)
 
 
 def ensure_filled(path: Path, total: int) -> None:

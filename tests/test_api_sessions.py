@@ -224,3 +224,35 @@ def test_without_master_key_only_loopback_is_answered(make_gateway):
 
     assert asyncio.run(ask("203.0.113.7")) == [403] * len(API_ROUTES)
     assert asyncio.run(ask("127.0.0.1")) == [200] * len(API_ROUTES)
+
+
+def test_delete_answers_once_the_search_index_has_forgotten_the_session(make_gateway):
+    import sqlite3
+    import threading
+
+    from chatledger.store.search_index import search_path
+
+    gateway = make_gateway()
+    chat(gateway, "Tell me about quagga stripes")
+    settle(gateway, 1)
+    index = search_path(gateway.db_path)
+
+    def indexed() -> int:
+        if not index.exists():
+            return 0
+        with sqlite3.connect(index) as connection:
+            return connection.execute("SELECT COUNT(*) FROM search_index").fetchone()[0]
+
+    deadline = time.monotonic() + 10
+    while not indexed():
+        assert time.monotonic() < deadline, "the search index did not catch up"
+        time.sleep(0.02)
+    # Someone else writes to the index file for a moment: the indexer's forget has to wait for them.
+    blocker = sqlite3.connect(index, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, lambda: blocker.execute("COMMIT")).start()
+    [session] = get(gateway, "/v1/sessions")["data"]
+
+    assert httpx.delete(f"{gateway.url}/v1/sessions/{session['id']}").status_code == 200
+    assert indexed() == 0
+    blocker.close()

@@ -80,4 +80,5 @@ def delete_session(request: Request, reader: ReaderDep, session_id: str) -> dict
     indexer = request.app.state.gateway.search_indexer
     if indexer is not None:
         indexer.forget(gone)
+        reader.wait_forgotten(gone)  # answer once the index has let go of them too (a few ms)
     return {"id": session_id, "deleted": True}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -122,6 +124,12 @@ def _status(error: sa.ColumnElement[Any], status: str) -> sa.ColumnElement[bool]
     return error.is_not(None) if status == "error" else error.is_(None)
 
 
+def _exists(*conditions: sa.ColumnElement[bool]) -> sa.ColumnElement[bool]:
+    """EXISTS (SELECT 1 ...): with `SELECT *` SQLite reads the row behind the index entry it found,
+    where an index holding every column the conditions name would have answered alone."""
+    return sa.select(sa.literal(1)).where(*conditions).exists()
+
+
 def _ref(ref: str, row_id: sa.ColumnElement[Any], uuid: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
     """An id in a URL is either the integer row id or the UUID the gateway handed out (each indexed)."""
     if ref.isascii() and ref.isdigit():
@@ -183,26 +191,37 @@ class Reader:
             where.append(sessions.c.created_at >= filters.since)
         if filters.until is not None:
             where.append(sessions.c.created_at < filters.until)
-        # These reach into the session's requests and responses through idx_requests_session_id and
-        # idx_responses_session_id, once per candidate session. Except for a model: as a correlated
-        # EXISTS, SQLite would take idx_requests_model_timestamp and read every request of the model
-        # once per session (hours at a million rows); as IN, it reads them once (~0.2 s for 120k).
-        request_match = []
-        if filters.model is not None:
-            request_match.append(requests.c.model == filters.model)
-        if filters.provider is not None:
-            request_match.append(requests.c.provider == filters.provider)
-        if filters.model is not None:
-            where.append(sessions.c.id.in_(sa.select(requests.c.session_id).where(*request_match)))
-        elif request_match:
-            where.append(sa.exists().where(requests.c.session_id == sessions.c.id, *request_match))
         if filters.status is not None:
-            where.append(sa.exists().where(responses.c.session_id == sessions.c.id,
-                                           _status(responses.c.error, filters.status)))
+            # status=error: one probe of the partial idx_responses_errors_session (0004) per session.
+            where.append(_exists(responses.c.session_id == sessions.c.id, _status(responses.c.error, filters.status)))
+        request_match = [column == value for column, value in ((requests.c.model, filters.model),
+                                                                (requests.c.provider, filters.provider))
+                         if value is not None]
         # time: idx_sessions_created_at (PostgreSQL wants it as (created_at, id) for the tie-break);
         # duration (the span from first to last message) has no index and sorts the filtered rows.
         keys = {"time": sessions.c.created_at, "duration": sessions.c.updated_at - sessions.c.created_at}
-        return self._page(SESSION_COLUMNS, sessions, where, keys, sessions.c.id, page)
+        probe = [_exists(requests.c.session_id == sessions.c.id, *request_match)] if request_match else []
+        with self.engine.connect() as connection:
+            total = None
+            if page.cursor is None:
+                total = _count_sessions(connection, filters)
+                if total is None and filters.model is not None:
+                    total = connection.execute(sa.select(sa.func.count()).select_from(sessions)
+                                               .where(*where, *probe)).scalar_one()
+            if filters.model is not None and page.sort == "time" and \
+                    _few_sessions(connection, page, total if total is not None else _cursor_total(page)):
+                # So few sessions have the model that walking sessions newest first would probe nearly
+                # all of them to fill a page: start from the model's sessions instead (read from
+                # idx_requests_model_session alone, 0004) and sort them. `+ 0` keeps SQLite from
+                # walking idx_sessions_created_at for the order instead.
+                where.append(sessions.c.id.in_(sa.select(requests.c.session_id).where(*request_match)))
+                keys["time"] = sessions.c.created_at + 0
+            else:
+                # One probe of idx_requests_session_id (since 0004: session, model, provider) per
+                # candidate session, answered by the index alone (a request's model and provider sit
+                # behind its body in the row).
+                where += probe
+            return self._read_page(connection, SESSION_COLUMNS, sessions, where, keys, sessions.c.id, page, total)
 
     def get_session(self, session_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
@@ -240,6 +259,28 @@ class Reader:
             deleted = connection.execute(sa.delete(sessions).where(sessions.c.id == session_id)).rowcount
         return answers if deleted else None
 
+    def wait_forgotten(self, response_ids: list[int], timeout: float = 1.0) -> bool:
+        """Wait (at most `timeout` s) until SQLite's search index no longer holds these responses, so
+        that a delete is complete when the API answers: the indexer thread takes them out within a
+        few ms, unless it is busy catching up a backlog (then they go after it, and searches, which
+        join the ledger, never show them meanwhile). Whether they are gone."""
+        if self.ledger_path is None or not response_ids:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.engine.connect() as connection:
+                try:
+                    left = connection.execute(sa.text(
+                        "SELECT 1 FROM search.search_index WHERE rowid IN :ids LIMIT 1")
+                        .bindparams(sa.bindparam("ids", expanding=True)), {"ids": response_ids[:500]}).first()
+                except sa.exc.OperationalError:
+                    return True  # no index file yet: nothing to forget
+            if left is None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+
     # -- requests -----------------------------------------------------------------------------------
 
     def list_requests(self, filters: Filters, page: PageRequest, *, include_bodies: bool = False) -> Page:
@@ -258,9 +299,10 @@ class Reader:
             where.append(requests.c.timestamp >= filters.since)
         if filters.until is not None:
             where.append(requests.c.timestamp < filters.until)
-        if filters.status is not None:  # one probe of idx_responses_request_id per request
-            where.append(sa.exists().where(responses.c.request_id == requests.c.id,
-                                           _status(responses.c.error, filters.status)))
+        if filters.status is not None:
+            # One probe per request: of idx_responses_errors_request (0004, partial) for errors, of
+            # idx_responses_request_id for `ok`.
+            where.append(_exists(responses.c.request_id == requests.c.id, _status(responses.c.error, filters.status)))
         # time: idx_requests_timestamp (on SQLite every index ends with the rowid `id`, so it also serves
         # the tie-break; PostgreSQL wants (timestamp, id)). duration is looked up per request through
         # idx_responses_request_id and sorted: fine per session, use /v1/responses?sort=duration at scale.
@@ -268,7 +310,12 @@ class Reader:
             responses.c.request_id == requests.c.id).scalar_subquery()
         keys = {"time": requests.c.timestamp, "duration": sa.func.coalesce(duration, -1)}
         columns = REQUEST_COLUMNS + REQUEST_BODIES if include_bodies else REQUEST_COLUMNS
-        return self._page(columns, requests, where, keys, requests.c.id, page)
+        with self.engine.connect() as connection:
+            total = None
+            if page.cursor is None and _only(filters, status="error"):
+                # From the partial index alone: a COUNT over requests would probe every request's response.
+                total = _distinct_errors(connection, responses.c.request_id, "idx_responses_errors_request")
+            return self._read_page(connection, columns, requests, where, keys, requests.c.id, page, total)
 
     def get_request(self, ref: str) -> dict[str, Any] | None:
         condition = _ref(ref, requests.c.id, requests.c.request_id)
@@ -306,14 +353,16 @@ class Reader:
             where.append(responses.c.timestamp >= filters.since)
         if filters.until is not None:
             where.append(responses.c.timestamp < filters.until)
-        # The request's attributes are one primary-key probe away; joined only when filtered on.
-        if filters.model is not None or filters.provider is not None or filters.api_key_hash is not None:
+        attributes = _request_attributes(filters)
+        if attributes and walk_sort_index:
+            # Walking the responses in time order tests each one's copy of its request's attributes
+            # (0002; written with the row, and what the rollups that chose this plan are keyed by):
+            # joining would read each request's row past its body. No index on these: none to avoid.
+            where += [responses.c[name] == value for name, value in attributes.items()]
+        elif attributes:
+            # From the attribute's index on requests (SQLite's choice), one primary-key probe per match.
             from_ = responses.join(requests, requests.c.id == responses.c.request_id)
-            for column, value in ((requests.c.model, filters.model), (requests.c.provider, filters.provider),
-                                  (requests.c.api_key_hash, filters.api_key_hash)):
-                if value is not None:
-                    # `|| ''` (same value) keeps SQLite off that column's index: see _walk_sort_index.
-                    where.append((column.concat("") if walk_sort_index else column) == value)
+            where += [requests.c[name] == value for name, value in attributes.items()]
         return from_, where
 
     def _responses_where(self, filters: Filters, sort: Sort, walk_sort_index: bool = False
@@ -331,10 +380,18 @@ class Reader:
         columns = RESPONSE_COLUMNS + RESPONSE_BODIES if include_bodies else RESPONSE_COLUMNS
         with self.engine.connect() as connection:
             # Worth a look at the rollups when counting (or listing) would read rows or join: a status or
-            # a request attribute. Unfiltered, COUNT walks an index about as fast.
-            useful = page.sort == "time" and (filters.status is not None or bool(_request_attributes(filters)))
+            # a request attribute. Unfiltered, COUNT walks an index about as fast; so does it for errors
+            # alone, along their partial index (0004), which holds just them.
+            attributes = bool(_request_attributes(filters))
+            errors_only = filters.status == "error" and not attributes
+            useful = page.sort == "time" and not errors_only and (filters.status is not None or attributes)
             counts = _rollup_counts(connection, filters) if useful else None
             total = None
+            if page.sort == "duration" and page.cursor is None and filters == Filters():
+                # COUNT(*) without a condition counts index pages' cells without reading them; testing
+                # every entry of idx_responses_duration for a duration cost three times as much.
+                total = connection.execute(sa.select(sa.func.count()).select_from(responses)).scalar_one() - \
+                    connection.execute(sa.select(sa.func.count()).where(responses.c.duration_ms.is_(None))).scalar_one()
             # The rollups count exactly what these filters keep, unless a time range cuts through hours.
             if counts is not None and all(t is None or t % HOUR_MS == 0 for t in (filters.since, filters.until)):
                 total = counts.matching(filters.status)
@@ -422,17 +479,78 @@ class Reader:
         return {"first_timestamp": first, "last_timestamp": last}
 
 
+def _only(filters: Filters, **wanted: object) -> bool:
+    """Whether `filters` sets exactly these fields to these values, and nothing else."""
+    fields = {field.name: getattr(filters, field.name) for field in dataclasses.fields(filters)}
+    return all(fields[name] == value for name, value in wanted.items()) and \
+        all(value is None for name, value in fields.items() if name not in wanted)
+
+
+def _count_sessions(connection: sa.Connection, filters: Filters) -> int | None:
+    """The sessions matching one model or having an error, counted from an index alone (each
+    request's and response's session is a session: the foreign key says so); None for the other
+    filters, which the list counts its own way."""
+    if filters.model is not None and _only(filters, model=filters.model):
+        # idx_requests_model_session (0004): the model's requests in session order, covering.
+        return connection.execute(sa.select(sa.func.count(sa.distinct(requests.c.session_id)))
+                                  .where(requests.c.model == filters.model)).scalar_one()
+    if _only(filters, status="error"):
+        return _distinct_errors(connection, responses.c.session_id, "idx_responses_errors_session")
+    return None
+
+
+def _distinct_errors(connection: sa.Connection, column: sa.Column[Any], index: str) -> int:
+    """How many sessions or requests have an error, from the partial index on that column (0004), in
+    its order. SQLite is told which: it would take either partial index (they have the same WHERE) and
+    sort a copy of the column, or read each row for it."""
+    if connection.dialect.name == "sqlite":
+        return connection.execute(sa.text(f"SELECT COUNT(DISTINCT {column.name}) FROM responses INDEXED BY {index} "
+                                          "WHERE error IS NOT NULL")).scalar_one()
+    query = sa.select(sa.func.count(sa.distinct(column))).where(responses.c.error.is_not(None))
+    return connection.execute(query).scalar_one()
+
+
+def _cursor_total(page: PageRequest) -> int:
+    assert page.cursor is not None
+    return Cursor.decode(page.cursor, page.sort, page.order, str).total
+
+
+def _session_estimate(connection: sa.Connection) -> int:
+    """About how many sessions there are, without counting them: SQLite's newest rowid (sessions are
+    rarely deleted), PostgreSQL's planner statistics (a COUNT while they have none)."""
+    if connection.dialect.name == "sqlite":
+        return int(connection.execute(sa.text("SELECT COALESCE(MAX(rowid), 0) FROM sessions")).scalar_one())
+    estimate = connection.execute(sa.text(
+        "SELECT reltuples FROM pg_class WHERE oid = to_regclass('sessions')")).scalar()
+    if estimate is None or estimate < 1:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(sessions)).scalar_one())
+    return int(estimate)
+
+
+def _few_sessions(connection: sa.Connection, page: PageRequest, matching: int) -> bool:
+    """Whether to list a model's sessions from its requests rather than walk every session newest
+    first with a probe each. The walk probes about needed x sessions / matching sessions; reading the
+    model's entries of idx_requests_model_session (~20 per session on the bench store), then each
+    matching session and sorting them, was taken to cost about 4 probes per matching session: a
+    rough estimate, which only has to tell a model in most sessions from one in a few."""
+    needed = (page.offset if page.cursor is None else 0) + page.limit + 1
+    return needed * _session_estimate(connection) > 4 * matching * matching
+
+
 @dataclass(frozen=True, slots=True)
 class RollupCounts:
-    """Responses as the hourly rollups count them: all of them, those whose request matches the model,
-    provider and key filters (`scoped`), the errors among those, and the first and last hour (bucket
-    start, ms) holding a response that matches every filter, status included (None if there is none)."""
+    """Responses as the hourly rollups count them: those whose request matches the model, provider
+    and key filters (`scoped`), the errors among those, and the first and last hour (bucket start, ms)
+    holding a response that matches every filter, status included (None if there is none). `all` and
+    `all_errors` are every response and every error in the time range; with attribute filters `all`
+    is an estimate (for choosing a plan, never shown)."""
 
     all: int
     scoped: int
     errors: int
     first_hour: int | None
     last_hour: int | None
+    all_errors: int = 0  # errors whatever their request (what the partial errors index holds)
 
     def matching(self, status: str | None) -> int:
         if status is None:
@@ -446,37 +564,65 @@ def _request_attributes(filters: Filters) -> dict[str, str]:
 
 
 def _rollup_counts(connection: sa.Connection, filters: Filters) -> RollupCounts | None:
-    """One scan of usage_hourly (hours x models x keys rows, not one per exchange); a time range is
-    widened to whole hours. None when the rollups cannot tell: a session filter, or an empty attribute
-    (they file NULL under '')."""
+    """The scope's rows of usage_hourly (hours x models x keys rows, not one per exchange), read on its
+    narrow idx_usage_hourly_model (0004) alone, a seek for a model; a time range is widened to whole
+    hours. With attributes, what the plan is chosen against (all responses, all errors) is taken from
+    the responses' indexes, cheaper than every hour's rollups. None when the rollups cannot tell: a
+    session filter, or an empty attribute (they file NULL under '')."""
     attributes = _request_attributes(filters)
     if filters.session_id is not None or "" in attributes.values():
         return None
     u = usage_hourly
-    conditions = [u.c[name] == value for name, value in attributes.items()]
-    if filters.status is not None:
-        conditions.append(u.c.errors > 0 if filters.status == "error" else u.c.requests > u.c.errors)
-    matched = sa.case((sa.and_(*conditions), u.c.bucket_start)) if conditions else u.c.bucket_start
-    scoped = sa.and_(*conditions[:len(attributes)]) if attributes else None
-
-    def in_scope(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-        return sa.func.sum(column if scoped is None else sa.case((scoped, column), else_=0))
-
     hours: list[sa.ColumnElement[bool]] = []
     if filters.since is not None:
         hours.append(u.c.bucket_start >= filters.since - filters.since % HOUR_MS)
     if filters.until is not None:
         hours.append(u.c.bucket_start < filters.until)
-    row = connection.execute(sa.select(sa.func.sum(u.c.requests), in_scope(u.c.requests), in_scope(u.c.errors),
-                                       sa.func.min(matched), sa.func.max(matched)).where(*hours)).one()
-    return RollupCounts(*(int(value or 0) for value in row[:3]), row[3], row[4])
+    matched: sa.ColumnElement[Any] = u.c.bucket_start
+    if filters.status is not None:
+        matched = sa.case((u.c.errors > 0 if filters.status == "error" else u.c.requests > u.c.errors,
+                           u.c.bucket_start))
+    scope = [u.c[name] == value for name, value in attributes.items()]
+    requests_, errors, first, last = connection.execute(
+        sa.select(sa.func.sum(u.c.requests), sa.func.sum(u.c.errors), sa.func.min(matched), sa.func.max(matched))
+        .where(*hours, *scope)).one()
+    everything, all_errors = requests_, errors
+    if scope:
+        # For choosing a plan only: summing every hour's rollups would cost more than the page.
+        everything = _responses_between(connection, filters.since, filters.until)
+        if filters.status == "error":
+            all_errors = connection.execute(sa.select(sa.func.count()).select_from(responses).where(
+                responses.c.error.is_not(None), *_time_range(responses.c.timestamp, filters))).scalar_one()
+    return RollupCounts(int(everything or 0), int(requests_ or 0), int(errors or 0), first, last,
+                        int(all_errors or 0))
+
+
+def _time_range(column: sa.ColumnElement[Any], filters: Filters) -> list[sa.ColumnElement[bool]]:
+    conditions = []
+    if filters.since is not None:
+        conditions.append(column >= filters.since)
+    if filters.until is not None:
+        conditions.append(column < filters.until)
+    return conditions
+
+
+def _responses_between(connection: sa.Connection, since: int | None, until: int | None) -> int:
+    """About how many responses [since, until) holds, from two probes of idx_responses_timestamp: the
+    span of their row ids, which are handed out in commit order (close to time order)."""
+    t, row_id = responses.c.timestamp, responses.c.id
+    first = connection.execute(sa.select(row_id).where(*([t >= since] if since is not None else []))
+                               .order_by(t, row_id).limit(1)).scalar()
+    last = connection.execute(sa.select(row_id).where(*([t < until] if until is not None else []))
+                              .order_by(t.desc(), row_id.desc()).limit(1)).scalar()
+    return max(0, last - first + 1) if first is not None and last is not None else 0
 
 
 def _walk_sort_index(counts: RollupCounts | None, filters: Filters, page: PageRequest) -> bool:
     """Whether a response list in time order, filtered on its request's model, provider or key, should
-    walk idx_responses_timestamp, testing each response's request, rather than let SQLite start from
-    that attribute's index on `requests` (its choice), which reads and sorts every response of the
-    model or key before the first row comes out: ~120k rows, over a second, for a common model in a
+    walk idx_responses_timestamp (for errors, the partial idx_responses_errors_timestamp), testing
+    each response's copy of its request's attributes, rather than let SQLite start from that
+    attribute's index on `requests` (its choice), which reads and sorts every response of the model
+    or key before the first row comes out: ~120k rows, over a second, for a common model in a
     million. Walking (between the first and last hours with a match) reads about rows-needed /
     share-matching rows if the matches are spread over time, each about half the cost of a row of the
     other plan, so it wins unless the filters keep few rows. Only in time order (list_responses reads
@@ -485,7 +631,9 @@ def _walk_sort_index(counts: RollupCounts | None, filters: Filters, page: PageRe
     if counts is None or not _request_attributes(filters) or counts.first_hour is None:
         return False
     needed = (page.offset if page.cursor is None else 0) + page.limit + 1
-    return needed * counts.all < 2 * counts.scoped * max(counts.matching(filters.status), 1)
+    # Errors are walked along the partial idx_responses_errors_timestamp (0004), which holds only them.
+    walked = counts.all_errors if filters.status == "error" else counts.all
+    return needed * walked < 2 * counts.scoped * max(counts.matching(filters.status), 1)
 
 
 def _usage_columns() -> tuple[sa.ColumnElement[Any], ...]:
