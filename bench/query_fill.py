@@ -40,6 +40,7 @@ import orjson
 
 from chatledger.config import Settings, load_gateway_config
 from chatledger.pricing import Pricer
+from chatledger.sessions import first_user_text
 from chatledger.store import Store
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
 from chatledger.store.search_index import SQLiteSearchIndex, search_path
@@ -204,7 +205,8 @@ class Generator:
         request_id = uuid7_at(at, rng)
         request = RequestRecord(
             request_id=request_id, timestamp=at, method="POST", path="/v1/chat/completions", endpoint="chat",
-            body=body, openai_request=raw, provider_request=provider_request(body, session), model=session.model,
+            first_user_text=first_user_text(body, "chat"), openai_request=raw,
+            provider_request=provider_request(body, session), model=session.model,
             provider=session.provider, upstream_model=session.model, stream=session.stream, session_hint=None,
             api_key_hash=session.api_key_hash)
         if rng.random() < 0.03:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.postgres import any_store_url
-from tests.test_api_sessions import get, settle
+from tests.test_api_sessions import get
 
 store_url = any_store_url
 
@@ -44,7 +44,6 @@ def ledger(make_gateway, openai_upstream):
             reply = _turn(gateway, key, model, messages)
             messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": f"and then {index}"}]
             turns += 1
-    settle(gateway, turns)
     return gateway
 
 

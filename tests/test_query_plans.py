@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from tests.test_api_sessions import chat, get, settle
+from tests.test_api_sessions import chat, get
 
 WHOLE_TABLE = re.compile(r"^SCAN (requests|responses|q|r)$")
 
@@ -24,7 +24,6 @@ def gateway(make_gateway):
     chat(gateway, "Plan a trip")
     chat(gateway, "Plan a trip", "Where to?", "Lisbon")
     chat(gateway, "Write a haiku", key="sk-bob")
-    settle(gateway, 3)
     return gateway
 
 

@@ -79,6 +79,5 @@ def delete_session(request: Request, reader: ReaderDep, session_id: str) -> dict
         raise session_not_found(session_id)
     indexer = request.app.state.gateway.search_indexer
     if indexer is not None:
-        indexer.forget(gone)
-        reader.wait_forgotten(gone)  # answer once the index has let go of them too (a few ms)
+        indexer.forget(gone)  # searches join the ledger, so they show none of them from now on
     return {"id": session_id, "deleted": True}

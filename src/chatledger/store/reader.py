@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -258,30 +257,6 @@ class Reader:
                            .scalars()) if self.ledger_path is not None else []
             deleted = connection.execute(sa.delete(sessions).where(sessions.c.id == session_id)).rowcount
         return answers if deleted else None
-
-    def wait_forgotten(self, response_ids: list[int], timeout: float = 1.0) -> bool:
-        """Wait (at most `timeout` s) until SQLite's search index no longer holds these responses, so
-        that a delete is complete when the API answers: the indexer thread takes them out within a
-        few ms, unless it is busy catching up a backlog (then they go after it, and searches, which
-        join the ledger, never show them meanwhile). Whether they are gone."""
-        if self.ledger_path is None or not response_ids:
-            return True
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.engine.connect() as connection:
-                try:
-                    left = connection.execute(sa.text(
-                        "SELECT 1 FROM search.search_index WHERE rowid IN :ids LIMIT 1")
-                        .bindparams(sa.bindparam("ids", expanding=True)), {"ids": response_ids[:500]}).first()
-                except sa.exc.OperationalError:
-                    return True  # no index file yet: nothing to forget
-            if left is None:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.002)
-
-    # -- requests -----------------------------------------------------------------------------------
 
     def list_requests(self, filters: Filters, page: PageRequest, *, include_bodies: bool = False) -> Page:
         where: list[sa.ColumnElement[bool]] = []
