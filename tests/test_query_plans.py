@@ -66,17 +66,19 @@ def test_sessions_of_a_model_read_indexes_only(plans):
     # Two of the three sessions have the model: one more row than a page of 1 is found by walking the
     # sessions newest first with a probe each; the count reads the model's index alone.
     lines = _lines(plans("/v1/sessions", model="mock-1", limit=1))
-    assert "SEARCH requests USING COVERING INDEX idx_requests_model_session (model=?)" in lines, lines
+    assert "SEARCH session_models USING COVERING INDEX idx_session_models_model (model=?)" in lines, lines
     assert any("COVERING INDEX" in line and "model=?" in line and "session_id=?" in line for line in lines), lines
-    # A page of 50 would walk every session: it starts from the model's requests instead.
+    # A page of 50 would walk every session: it starts from the model's sessions instead.
     lines = _lines(plans("/v1/sessions", model="mock-1"))
-    assert lines.count("SEARCH requests USING COVERING INDEX idx_requests_model_session (model=?)") == 2, lines
+    assert lines.count("SEARCH session_models USING COVERING INDEX idx_session_models_model (model=?)") == 2, lines
     assert not [line for line in lines if "session_id=?" in line], lines
+    assert not [line for line in lines if "requests" in line], lines  # session_models alone (0006)
 
 
-def test_sessions_of_a_provider_probe_the_session_index(plans):
+def test_sessions_of_a_provider_read_session_models(plans):
     lines = _lines(plans("/v1/sessions", provider="mock"))
-    assert _uses(lines, "idx_requests_session_id", covering=True), lines
+    assert any("session_models" in line and "COVERING INDEX" in line for line in lines), lines
+    assert not [line for line in lines if "requests" in line], lines
 
 
 @pytest.mark.parametrize(("path", "params", "index"), [

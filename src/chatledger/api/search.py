@@ -15,8 +15,9 @@ router = APIRouter(tags=["search"])
 @router.get("/v1/search", summary="Search prompts and answers",
             description="`q` is plain text by default: every word must appear. `syntax=fts` takes an SQLite "
                         "FTS5 query instead (phrases in quotes, OR, NOT, prefix*). `sort=recent` (default) "
-                        "lists the newest matches first; `relevance` ranks them by bm25. Snippets mark the "
-                        "matches in [brackets]. The index follows the recorder by at most about a second.")
+                        "lists the newest matches first (`score` null); `relevance` ranks them by bm25 and "
+                        "gives each its `score`. Snippets mark the matches in [brackets]. The index follows "
+                        "the recorder by about a second when the machine has time to spare.")
 def search_exchanges(
     request: Request,
     q: Annotated[str, Query(min_length=1, max_length=1000)],

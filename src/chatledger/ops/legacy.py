@@ -21,9 +21,9 @@ from chatledger.ops.sqlite import LEGACY_TABLE, companion, connect, tables, tran
 from chatledger.pricing import Pricer
 from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, restarted_session_id, session_key
 from chatledger.store.engine import configure_sqlite_connection
-from chatledger.store.rollups import UPSERT_USAGE, Exchange, RollupBatch
+from chatledger.store.rollups import UPSERT_USAGE, UPSERT_USAGE_DAILY, Exchange, RollupBatch, daily
 from chatledger.store.search_index import SQLiteSearchIndex
-from chatledger.store.sqlite_sink import ADVANCE_SESSION
+from chatledger.store.sqlite_sink import ADVANCE_SESSION, INSERT_SESSION_MODEL
 
 UPSERT_SESSION = """
 INSERT INTO sessions (id, session_key, first_user_message, message_count, created_at, updated_at, expires_at)
@@ -208,7 +208,7 @@ class Importer:
 def _insert(connection: sqlite3.Connection, fresh: Batch, timeout_ms: int,
             pricer: Pricer | None) -> None:
     """The sink's bookkeeping, for imported rows: sessions, requests, responses with their parents and
-    cost, the sessions' newest answers, and the hourly usage rollups."""
+    cost, the sessions' newest answers and models, and the hourly and daily usage rollups."""
     row = connection.execute("SELECT seq FROM sqlite_sequence WHERE name = 'requests'").fetchone()
     next_id = (row[0] if row else 0) + 1
     sessions: dict[str, list] = {}
@@ -228,6 +228,8 @@ def _insert(connection: sqlite3.Connection, fresh: Batch, timeout_ms: int,
         next_id += 1
     connection.executemany(UPSERT_SESSION, list(sessions.values()))
     connection.executemany(INSERT_REQUEST, requests)
+    connection.executemany(INSERT_SESSION_MODEL, sorted({(item_session, item.model, item.provider or "")
+                                                         for item, item_session, _ in fresh}))
     placeholders = ", ".join("?" * len(sessions))
     parents = dict(connection.execute(f"SELECT id, parent_id FROM sessions WHERE id IN ({placeholders})",
                                       list(sessions)).fetchall())
@@ -252,4 +254,6 @@ def _insert(connection: sqlite3.Connection, fresh: Batch, timeout_ms: int,
     connection.executemany(INSERT_RESPONSE, responses)
     connection.executemany(ADVANCE_SESSION, [(response_id, upstream_id, session_id)
                                              for session_id, (response_id, upstream_id) in advanced.items()])
-    connection.executemany(UPSERT_USAGE, rollups.rows())
+    hourly = rollups.rows()
+    connection.executemany(UPSERT_USAGE, hourly)
+    connection.executemany(UPSERT_USAGE_DAILY, daily(hourly))

@@ -4,8 +4,9 @@ A sink asks `BatchBuilder.build` for a batch's rows inside its transaction (the 
 needs through the sink's `Lookups`: ids, sessions, previous answers), writes them its own way, and,
 once the transaction has committed, calls `committed` so the builder's caches learn what is now
 true. Sessions are folded per batch: one row per session for its new requests (message_count adds
-up, so it stays right with several writers) and its newest answer (parent_id). Each response also
-gets its cost and its share of the hourly rollups. Search text is not the recorder's business: the
+up, so it stays right with several writers) and its newest answer (parent_id); a session's first
+request to a model adds a row to session_models. Each response also gets its cost and its share of
+the hourly and daily rollups. Search text is not the recorder's business: the
 search indexers read it from the committed rows.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from chatledger.pricing import Pricer
 from chatledger.sessions import FIRST_MESSAGE_PREVIEW_CHARS, restarted_session_id, session_key
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
-from chatledger.store.rollups import Exchange, RollupBatch
+from chatledger.store.rollups import Exchange, RollupBatch, daily
 from chatledger.store.rows import response_fields, text
 
 SESSION_COLUMNS = ("id", "session_key", "first_user_message", "api_key_hash", "message_count", "created_at",
@@ -35,6 +36,7 @@ FIND_REQUEST_COLUMNS = ("id", "session_id", "model", "provider", "upstream_model
                         "request_id")
 
 SESSION_CACHE_SIZE = 100_000
+KNOWN_SESSION_MODELS = 200_000
 
 
 class UnknownRequest(ValueError):
@@ -80,6 +82,8 @@ class BatchRows:
     responses: list[tuple[Any, ...]] = field(default_factory=list)
     advanced: list[tuple[str, str | None, str]] = field(default_factory=list)  # (parent_id, chat_id, session id)
     usage: list[tuple[Any, ...]] = field(default_factory=list)
+    usage_daily: list[tuple[Any, ...]] = field(default_factory=list)
+    session_models: list[tuple[str, str, str]] = field(default_factory=list)  # (session id, model, provider)
     # Bookkeeping to apply once the transaction has committed.
     resolved: dict[str, tuple[str, int]] = field(default_factory=dict)
     opened: dict[str, OpenRequest] = field(default_factory=dict)
@@ -105,6 +109,8 @@ class BatchBuilder:
         self._sessions: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
         # request uuid -> what its response row needs, for requests whose response is not written yet.
         self._open: dict[str, OpenRequest] = {}
+        # (session, model, provider) known to be in session_models: only new ones are written.
+        self._session_models: set[tuple[str, str, str]] = set()
 
     def build(self, records: list[Record], lookups: Lookups) -> BatchRows:
         if any(record.replayed for record in records):
@@ -129,6 +135,9 @@ class BatchBuilder:
         self._open.update(rows.opened)
         for request_id in rows.closed:
             self._open.pop(request_id, None)
+        if len(self._session_models) > KNOWN_SESSION_MODELS:
+            self._session_models.clear()
+        self._session_models.update(rows.session_models)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -147,6 +156,7 @@ class BatchBuilder:
         if stale:
             latest.update(lookups.latest_sessions(sorted(stale)))
         session_rows: dict[str, list[Any]] = {}
+        models: set[tuple[str, str, str]] = set()
         for record, first_text, key, row_id in zip(records, firsts, keys, ids, strict=True):
             session_id, key = self._resolve_session(record, key, latest, rows.resolved, lookups)
             expires = record.timestamp + self._session_timeout_ms
@@ -164,7 +174,9 @@ class BatchBuilder:
                                   record.api_key_hash, now))
             rows.opened[record.request_id] = OpenRequest(row_id, session_id, record.model, record.provider,
                                                          record.upstream_model, record.api_key_hash, record.stream)
+            models.add((session_id, record.model, record.provider or ""))
         rows.sessions = [session_rows[session_id] for session_id in sorted(session_rows)]
+        rows.session_models = sorted(models - self._session_models)
 
     def _resolve_session(self, record: RequestRecord, key: str | None, latest: dict[str, tuple[str, int] | None],
                          resolved: dict[str, tuple[str, int]], lookups: Lookups) -> tuple[str, str]:
@@ -228,4 +240,5 @@ class BatchBuilder:
         rows.advanced = [(response_id, upstream_id, session_id)
                          for session_id, (response_id, upstream_id) in sorted(advanced.items())]
         rows.usage = sorted(rollups.rows())
+        rows.usage_daily = sorted(daily(rows.usage))
         rows.closed = [record.request_id for record in records]

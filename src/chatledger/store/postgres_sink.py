@@ -37,7 +37,7 @@ from chatledger.store.batch import (
 from chatledger.store.pg_arrays import int4_array, int8_array, text_array
 from chatledger.store.pg_vacuum import Vacuumer
 from chatledger.store.records import Record, RequestRecord
-from chatledger.store.rollups import UPSERT_USAGE
+from chatledger.store.rollups import UPSERT_USAGE, UPSERT_USAGE_DAILY
 from chatledger.store.writer import TransientStoreError
 
 log = logging.getLogger("chatledger.writer")
@@ -63,6 +63,7 @@ SELECT DISTINCT ON (session_key) session_key, id, expires_at FROM sessions
 WHERE session_key = ANY(%s) ORDER BY session_key, created_at DESC
 """
 UPSERT_USAGE_PG = UPSERT_USAGE.replace("?", "%s")
+UPSERT_USAGE_DAILY_PG = UPSERT_USAGE_DAILY.replace("?", "%s")
 # Binary COPY: the server parses no text (the JSON bodies are most of a row) and psycopg's C code
 # writes the rows. The column types are read from the catalog at connect, so they follow the schema.
 COPY_COLUMNS = {"requests": REQUEST_COLUMNS, "responses": RESPONSE_COLUMNS}
@@ -80,6 +81,8 @@ SELECT ARRAY(SELECT nextval('requests_id_seq') FROM generate_series(1, %s)),
        ARRAY(SELECT nextval('responses_id_seq') FROM generate_series(1, %s))
 """
 QUEUE_SEARCH = "INSERT INTO search_pending (id) SELECT unnest(%s)"
+INSERT_SESSION_MODELS = ("INSERT INTO session_models (session_id, model, provider) SELECT * FROM unnest(%s, %s, %s) "
+                         "ON CONFLICT DO NOTHING")
 # Fail over in seconds, not minutes, when the server or the network goes away.
 CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
                                    "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 15000,
@@ -228,6 +231,11 @@ class PostgresSink:
                         cursor.execute(QUEUE_SEARCH, (int8_array(row[0] for row in rows.responses),))
                     for usage in _clean(rows.usage):
                         cursor.execute(UPSERT_USAGE_PG, usage)
+                    for usage in _clean(rows.usage_daily):
+                        cursor.execute(UPSERT_USAGE_DAILY_PG, usage)
+                    if rows.session_models:
+                        cursor.execute(INSERT_SESSION_MODELS, [text_array(column) for column in
+                                                               zip(*_clean(rows.session_models), strict=True)])
                     ids.execute(ALLOCATE_IDS, (max(0, len(rows.requests) - len(self._ids["requests"])),
                                                max(0, len(rows.responses) - len(self._ids["responses"]))))
                     connection.commit()

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from chatledger.errors import InvalidRequest
 from chatledger.store import search_index
 from chatledger.store.rollups import HOUR_MS
-from chatledger.store.schema import requests, responses, sessions, usage_hourly
+from chatledger.store.schema import requests, responses, session_models, sessions, usage_daily, usage_hourly
 
 Sort = Literal["time", "duration"]
 Order = Literal["asc", "desc"]
@@ -193,32 +193,31 @@ class Reader:
         if filters.status is not None:
             # status=error: one probe of the partial idx_responses_errors_session (0004) per session.
             where.append(_exists(responses.c.session_id == sessions.c.id, _status(responses.c.error, filters.status)))
-        request_match = [column == value for column, value in ((requests.c.model, filters.model),
-                                                                (requests.c.provider, filters.provider))
-                         if value is not None]
+        model_match = [column == value for column, value in ((session_models.c.model, filters.model),
+                                                              (session_models.c.provider, filters.provider))
+                       if value is not None]
         # time: idx_sessions_created_at (PostgreSQL wants it as (created_at, id) for the tie-break);
         # duration (the span from first to last message) has no index and sorts the filtered rows.
         keys = {"time": sessions.c.created_at, "duration": sessions.c.updated_at - sessions.c.created_at}
-        probe = [_exists(requests.c.session_id == sessions.c.id, *request_match)] if request_match else []
+        # A model or provider: one probe of session_models' primary key (session, model, provider) per
+        # candidate session (0006: the writer keeps a row per session and model it used).
+        probe = [_exists(session_models.c.session_id == sessions.c.id, *model_match)] if model_match else []
         with self.engine.connect() as connection:
             total = None
             if page.cursor is None:
                 total = _count_sessions(connection, filters)
-                if total is None and filters.model is not None:
+                if total is None and model_match:
                     total = connection.execute(sa.select(sa.func.count()).select_from(sessions)
                                                .where(*where, *probe)).scalar_one()
-            if filters.model is not None and page.sort == "time" and \
+            if model_match and page.sort == "time" and \
                     _few_sessions(connection, page, total if total is not None else _cursor_total(page)):
-                # So few sessions have the model that walking sessions newest first would probe nearly
-                # all of them to fill a page: start from the model's sessions instead (read from
-                # idx_requests_model_session alone, 0004) and sort them. `+ 0` keeps SQLite from
+                # So few sessions have the model (or provider) that walking sessions newest first would
+                # probe nearly all of them to fill a page: start from its sessions instead (read from
+                # idx_session_models_model or _provider alone) and sort them. `+ 0` keeps SQLite from
                 # walking idx_sessions_created_at for the order instead.
-                where.append(sessions.c.id.in_(sa.select(requests.c.session_id).where(*request_match)))
+                where.append(sessions.c.id.in_(sa.select(session_models.c.session_id).where(*model_match)))
                 keys["time"] = sessions.c.created_at + 0
             else:
-                # One probe of idx_requests_session_id (since 0004: session, model, provider) per
-                # candidate session, answered by the index alone (a request's model and provider sit
-                # behind its body in the row).
                 where += probe
             return self._read_page(connection, SESSION_COLUMNS, sessions, where, keys, sessions.c.id, page, total)
 
@@ -416,13 +415,14 @@ class Reader:
 
 
     def _stats_from_rollups(self, filters: Filters) -> dict[str, Any]:
-        where = [column == value for column, value in ((usage_hourly.c.model, filters.model),
-                                                        (usage_hourly.c.provider, filters.provider),
-                                                        (usage_hourly.c.api_key_hash, filters.api_key_hash))
+        where = [column == value for column, value in ((usage_daily.c.model, filters.model),
+                                                        (usage_daily.c.provider, filters.provider),
+                                                        (usage_daily.c.api_key_hash, filters.api_key_hash))
                  if value is not None]
-        # Timed responses: the histogram counts exactly those with a duration. One scan for all the sums.
-        timed = sa.func.coalesce(sa.func.sum(sum(usage_hourly.c[f"h{i:02d}"] for i in range(20))), 0)
-        sums = sa.select(timed.label("timed"), *(sa.func.coalesce(sa.func.sum(usage_hourly.c[name]), 0).label(name)
+        # All time: the daily rollups (24 times fewer rows than the hourly ones). Timed responses: the
+        # histogram counts exactly those with a duration. One scan for all the sums.
+        timed = sa.func.coalesce(sa.func.sum(sum(usage_daily.c[f"h{i:02d}"] for i in range(20))), 0)
+        sums = sa.select(timed.label("timed"), *(sa.func.coalesce(sa.func.sum(usage_daily.c[name]), 0).label(name)
                                                  for name in ("requests", "errors", "streamed", "prompt_tokens",
                                                               "completion_tokens", "total_tokens", "cost",
                                                               "duration_ms_sum", "ttft_ms_sum", "ttft_count"))
@@ -462,13 +462,15 @@ def _only(filters: Filters, **wanted: object) -> bool:
 
 
 def _count_sessions(connection: sa.Connection, filters: Filters) -> int | None:
-    """The sessions matching one model or having an error, counted from an index alone (each
-    request's and response's session is a session: the foreign key says so); None for the other
-    filters, which the list counts its own way."""
-    if filters.model is not None and _only(filters, model=filters.model):
-        # idx_requests_model_session (0004): the model's requests in session order, covering.
-        return connection.execute(sa.select(sa.func.count(sa.distinct(requests.c.session_id)))
-                                  .where(requests.c.model == filters.model)).scalar_one()
+    """The sessions matching a model and/or provider, or having an error, counted from an index alone
+    (each response's session is a session: the foreign key says so); None for the other filters,
+    which the list counts its own way."""
+    wanted = {name: value for name, value in (("model", filters.model), ("provider", filters.provider))
+              if value is not None}
+    if wanted and _only(filters, **wanted):
+        # idx_session_models_model or _provider (0006): their sessions, in order, covering.
+        return connection.execute(sa.select(sa.func.count(sa.distinct(session_models.c.session_id))).where(
+            *(session_models.c[name] == value for name, value in wanted.items()))).scalar_one()
     if _only(filters, status="error"):
         return _distinct_errors(connection, responses.c.session_id, "idx_responses_errors_session")
     return None
@@ -503,11 +505,11 @@ def _session_estimate(connection: sa.Connection) -> int:
 
 
 def _few_sessions(connection: sa.Connection, page: PageRequest, matching: int) -> bool:
-    """Whether to list a model's sessions from its requests rather than walk every session newest
-    first with a probe each. The walk probes about needed x sessions / matching sessions; reading the
-    model's entries of idx_requests_model_session (~20 per session on the bench store), then each
-    matching session and sorting them, was taken to cost about 4 probes per matching session: a
-    rough estimate, which only has to tell a model in most sessions from one in a few."""
+    """Whether to list a model's (or provider's) sessions from session_models rather than walk every
+    session newest first with a probe each. The walk probes about needed x sessions / matching
+    sessions; reading the matching entries of session_models, then each matching session and sorting
+    them, is taken to cost about 4 probes per matching session: a rough estimate, which only has to
+    tell a model in most sessions from one in a few."""
     needed = (page.offset if page.cursor is None else 0) + page.limit + 1
     return needed * _session_estimate(connection) > 4 * matching * matching
 

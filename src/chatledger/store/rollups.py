@@ -1,23 +1,28 @@
-"""Hourly usage rollups: the writer folds each batch into a few UPSERTs, so usage and stats never
-scan history. Counters only ever add up, so concurrent writers (replicas) cannot lose an update."""
+"""Usage rollups, by the hour and by the day: the writer folds each batch into a few UPSERTs of each,
+so usage and stats never scan history (and a month is 30 daily rows per group, not 720 hourly ones).
+Counters only ever add up, so concurrent writers (replicas) cannot lose an update."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 HISTOGRAM_BUCKETS = 20  # bucket i counts durations in [2**(i-1), 2**i) ms; bucket 0 is 0 ms
 COUNTERS = ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
             "unpriced", "duration_ms_sum", "ttft_ms_sum", "ttft_count")
 HISTOGRAM_COLUMNS = tuple(f"h{i:02d}" for i in range(HISTOGRAM_BUCKETS))
 KEY_COLUMNS = ("bucket_start", "model", "provider", "api_key_hash")
 
-UPSERT_USAGE = (
-    f"INSERT INTO usage_hourly ({', '.join(KEY_COLUMNS + COUNTERS + HISTOGRAM_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + len(COUNTERS) + HISTOGRAM_BUCKETS))}) "
-    f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
-    + ", ".join(f"{c} = usage_hourly.{c} + excluded.{c}" for c in COUNTERS + HISTOGRAM_COLUMNS)
-)
+def _upsert(table: str) -> str:
+    return (f"INSERT INTO {table} ({', '.join(KEY_COLUMNS + COUNTERS + HISTOGRAM_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * (len(KEY_COLUMNS) + len(COUNTERS) + HISTOGRAM_BUCKETS))}) "
+            f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET "
+            + ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in COUNTERS + HISTOGRAM_COLUMNS))
+
+
+UPSERT_USAGE = _upsert("usage_hourly")
+UPSERT_USAGE_DAILY = _upsert("usage_daily")  # the same rows, keyed by the UTC day (`daily`)
 
 
 def duration_bucket(duration_ms: int) -> int:
@@ -75,6 +80,20 @@ class RollupBatch:
         return [(*key, *values) for key, values in self._rows.items()]
 
 
+def daily(hourly: list[tuple]) -> list[tuple]:
+    """Hourly rollup rows folded into the days they fall in (rows as `RollupBatch.rows` makes them)."""
+    days: dict[tuple, list[float]] = {}
+    for row in hourly:
+        key = (row[0] - row[0] % DAY_MS, *row[1:4])
+        values = days.get(key)
+        if values is None:
+            days[key] = list(row[4:])
+        else:
+            for index, value in enumerate(row[4:]):
+                values[index] += value
+    return [(*key, *values) for key, values in days.items()]
+
+
 def _bucket_case(duration: str) -> str:
     steps = " ".join(f"WHEN {duration} < {1 << i} THEN {i}" for i in range(HISTOGRAM_BUCKETS - 1))
     return f"CASE WHEN {duration} IS NULL THEN -1 {steps} ELSE {HISTOGRAM_BUCKETS - 1} END"
@@ -90,8 +109,13 @@ WHERE model IS NULL
 
 
 def rebuild_statements() -> list[str]:
-    """SQL that recomputes usage_hourly from the rows, for rows written around the writer (imports,
+    """SQL that recomputes the rollups from the rows, for rows written around the writer (imports,
     restores of old backups). Runs in the caller's transaction."""
+    return [*hourly_rebuild_statements(), *daily_from_hourly_statements()]
+
+
+def hourly_rebuild_statements() -> list[str]:
+    """The hourly half of `rebuild_statements` (migration 0002 runs it: there is no daily table yet)."""
     bucket = _bucket_case("r.duration_ms")
     histogram = ", ".join(f"SUM(CASE WHEN {bucket} = {i} THEN 1 ELSE 0 END)" for i in range(HISTOGRAM_BUCKETS))
     columns = ", ".join(KEY_COLUMNS + COUNTERS + HISTOGRAM_COLUMNS)
@@ -111,3 +135,12 @@ def rebuild_statements() -> list[str]:
         FROM responses r JOIN requests q ON q.id = r.request_id
         GROUP BY 1, 2, 3, 4""",
     ]
+
+
+def daily_from_hourly_statements() -> list[str]:
+    """SQL that recomputes usage_daily from usage_hourly (the rebuild's second step; migration 0005)."""
+    columns = ", ".join(KEY_COLUMNS + COUNTERS + HISTOGRAM_COLUMNS)
+    sums = ", ".join(f"SUM({c})" for c in COUNTERS + HISTOGRAM_COLUMNS)
+    return ["DELETE FROM usage_daily",
+            f"INSERT INTO usage_daily ({columns}) SELECT bucket_start - bucket_start % {DAY_MS}, model, provider, "
+            f"api_key_hash, {sums} FROM usage_hourly GROUP BY 1, 2, 3, 4"]

@@ -81,22 +81,35 @@ responses = sa.Table(
     sa.Column("api_key_hash", sa.Text),
 )
 
-# Migration 0002: the writer's hourly rollups (chatledger.store.rollups).
-usage_hourly = sa.Table(
-    "usage_hourly", metadata,
-    sa.Column("bucket_start", sa.BigInteger, primary_key=True),
-    sa.Column("model", sa.Text, primary_key=True),
-    sa.Column("provider", sa.Text, primary_key=True),
-    sa.Column("api_key_hash", sa.Text, primary_key=True),
-    *(sa.Column(name, sa.Float if name == "cost" else sa.BigInteger, nullable=False)
-      for name in ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens", "cost",
-                   "unpriced", "duration_ms_sum", "ttft_ms_sum", "ttft_count")),
-    *(sa.Column(f"h{i:02d}", sa.BigInteger, nullable=False) for i in range(20)),
-)
+def _rollup_table(name: str) -> sa.Table:
+    return sa.Table(
+        name, metadata,
+        sa.Column("bucket_start", sa.BigInteger, primary_key=True),
+        sa.Column("model", sa.Text, primary_key=True),
+        sa.Column("provider", sa.Text, primary_key=True),
+        sa.Column("api_key_hash", sa.Text, primary_key=True),
+        *(sa.Column(column, sa.Float if column == "cost" else sa.BigInteger, nullable=False)
+          for column in ("requests", "errors", "streamed", "prompt_tokens", "completion_tokens", "total_tokens",
+                         "cost", "unpriced", "duration_ms_sum", "ttft_ms_sum", "ttft_count")),
+        *(sa.Column(f"h{i:02d}", sa.BigInteger, nullable=False) for i in range(20)),
+    )
+
+
+# The writer's usage rollups (chatledger.store.rollups): by the hour (migration 0002), by the day (0005).
+usage_hourly = _rollup_table("usage_hourly")
+usage_daily = _rollup_table("usage_daily")
 
 settings = sa.Table(
     "settings", metadata,
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("value", sa.Text),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# Migration 0006: the models and providers each session used, one row per pair (the writer's).
+session_models = sa.Table(
+    "session_models", metadata,
+    sa.Column("session_id", sa.Text, sa.ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column("provider", sa.Text, primary_key=True),
 )

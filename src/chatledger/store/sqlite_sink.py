@@ -28,7 +28,7 @@ from chatledger.store.batch import (
 from chatledger.store.checkpointer import Checkpointer
 from chatledger.store.engine import configure_sqlite_connection
 from chatledger.store.records import Record
-from chatledger.store.rollups import UPSERT_USAGE
+from chatledger.store.rollups import UPSERT_USAGE, UPSERT_USAGE_DAILY
 from chatledger.store.writer import TransientStoreError
 
 # A session with requests in the batch: one row version for its new requests (message_count adds up)
@@ -48,6 +48,8 @@ ON CONFLICT(id) DO UPDATE SET message_count = sessions.message_count + excluded.
 ADVANCE_SESSION = "UPDATE sessions SET parent_id = ?1 WHERE id = ?3"
 SET_CHAT_ID = "UPDATE sessions SET chat_id = ?2 WHERE id = ?3 AND chat_id IS NULL AND ?2 IS NOT NULL"
 KNOWN_CHAT_IDS = 100_000
+INSERT_SESSION_MODEL = ("INSERT INTO session_models (session_id, model, provider) VALUES (?, ?, ?) "
+                        "ON CONFLICT DO NOTHING")
 
 INSERT_REQUEST = f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 INSERT_RESPONSE = (f"INSERT INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
@@ -138,11 +140,13 @@ class SQLiteSink:
                 sessions, answered_only = _session_rows(rows)
                 chat_ids = [row for row in rows.advanced if row[1] is not None and row[2] not in self._chat_id_set]
                 connection.executemany(UPSERT_SESSION, sessions)
+                connection.executemany(INSERT_SESSION_MODEL, rows.session_models)
                 connection.executemany(INSERT_REQUEST, rows.requests)
                 connection.executemany(INSERT_RESPONSE, rows.responses)
                 connection.executemany(ADVANCE_SESSION, answered_only)
                 connection.executemany(SET_CHAT_ID, chat_ids)
                 connection.executemany(UPSERT_USAGE, rows.usage)
+                connection.executemany(UPSERT_USAGE_DAILY, rows.usage_daily)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:

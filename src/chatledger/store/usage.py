@@ -1,6 +1,7 @@
-"""Usage over a time range, grouped by day, hour, model, provider or API key: read from the hourly
-rollups the writer keeps (rollups.py), so the cost of a query grows with hours x groups, never with
-the number of exchanges recorded."""
+"""Usage over a time range, grouped by day, hour, model, provider or API key: read from the rollups the
+writer keeps (rollups.py), so the cost of a query grows with days (or hours) x groups, never with the
+number of exchanges recorded. Whole days come from the daily rollups, the hours at either end of a
+range that does not start or stop at midnight from the hourly ones; grouping by hour reads hours."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from chatledger.store.rollups import COUNTERS, HISTOGRAM_BUCKETS, HISTOGRAM_COLUMNS, HOUR_MS
+from chatledger.store.rollups import COUNTERS, DAY_MS, HISTOGRAM_BUCKETS, HISTOGRAM_COLUMNS, HOUR_MS
 
-DAY_MS = 24 * HOUR_MS
 GroupBy = Literal["day", "hour", "model", "provider", "api_key"]
 GROUP_COLUMNS: dict[str, str] = {
     "day": f"(bucket_start / {DAY_MS}) * {DAY_MS}",
@@ -65,34 +65,64 @@ def _figures(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _where(query: UsageQuery) -> tuple[list[str], dict[str, Any]]:
+def _attributes(query: UsageQuery, params: dict[str, Any]) -> list[str]:
     clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if query.since is not None:
-        clauses.append("bucket_start >= :since")
-        params["since"] = query.since - query.since % HOUR_MS
-    if query.until is not None:
-        clauses.append("bucket_start < :until")
-        params["until"] = query.until
     for name, column in (("model", "model"), ("provider", "provider"), ("api_key_hash", "api_key_hash")):
         value = getattr(query, name)
         if value is not None:
             clauses.append(f"{column} = :{name}")
             params[name] = value
-    return clauses, params
+    return clauses
+
+
+def _sources(query: UsageQuery, columns: str, params: dict[str, Any]) -> str:
+    """The rollup rows the range covers: a subquery over usage_daily for its whole days and
+    usage_hourly for the hours at its ends (or usage_hourly alone, to group by the hour)."""
+    attributes = _attributes(query, params)
+    since = None if query.since is None else query.since - query.since % HOUR_MS
+    until = query.until
+
+    def select(table: str, ranges: list[tuple[int | None, int | None]]) -> str:
+        clauses = list(attributes)
+        alternatives = []
+        for index, (low, high) in enumerate(ranges):
+            bounds = []
+            if low is not None:
+                params[f"{table}_low{index}"] = low
+                bounds.append(f"bucket_start >= :{table}_low{index}")
+            if high is not None:
+                params[f"{table}_high{index}"] = high
+                bounds.append(f"bucket_start < :{table}_high{index}")
+            alternatives.append(" AND ".join(bounds) or "1 = 1")
+        clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
+        return f"SELECT {columns} FROM {table} WHERE {' AND '.join(clauses)}"
+
+    if "hour" in query.group_by:
+        return select("usage_hourly", [(since, until)])
+    # Whole days: from the first midnight at or after `since` to the last one at or before `until`.
+    first_day = None if since is None else -(-since // DAY_MS) * DAY_MS
+    last_day = None if until is None else until - until % DAY_MS
+    if first_day is not None and last_day is not None and first_day >= last_day:
+        return select("usage_hourly", [(since, until)])  # less than a whole day
+    edges = [(since, first_day)] if since is not None and since < first_day else []
+    if until is not None and last_day < until:
+        edges.append((last_day, until))
+    days = select("usage_daily", [(first_day, last_day)])
+    return f"{days} UNION ALL {select('usage_hourly', edges)}" if edges else days
 
 
 def usage(connection: sa.Connection, query: UsageQuery) -> dict[str, Any]:
     sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTERS + HISTOGRAM_COLUMNS)
     groups = [f"{GROUP_COLUMNS[g]} AS g{i}" for i, g in enumerate(query.group_by)]
-    clauses, params = _where(query)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params: dict[str, Any] = {}
+    source = _sources(query, ", ".join(("bucket_start", "model", "provider", "api_key_hash", *COUNTERS,
+                                        *HISTOGRAM_COLUMNS)), params)
     group_sql = ""
     if groups:
         positions = ", ".join(str(i + 1) for i in range(len(groups)))
         group_sql = f"GROUP BY {positions} ORDER BY {positions}"
     select = ", ".join([*groups, sums])
-    rows = connection.execute(sa.text(f"SELECT {select} FROM usage_hourly {where} {group_sql}"), params).mappings()
+    rows = connection.execute(sa.text(f"SELECT {select} FROM ({source}) AS rollups {group_sql}"), params).mappings()
     data = []
     totals: dict[str, Any] = {c: 0 for c in COUNTERS + HISTOGRAM_COLUMNS}
     for row in rows:

@@ -123,9 +123,9 @@ def upgrade() -> None:
         op.execute("CREATE TRIGGER responses_forget AFTER DELETE ON responses "
                    "FOR EACH ROW EXECUTE FUNCTION responses_forget()")
     # Rows recorded before this revision get their rollups now (the search index catches up by itself).
-    from chatledger.store.rollups import rebuild_statements
+    from chatledger.store.rollups import hourly_rebuild_statements
 
-    for statement in rebuild_statements():
+    for statement in hourly_rebuild_statements():
         op.execute(statement)
     op.execute(sa.text("UPDATE metadata SET value = '2', updated_at = :now WHERE key = 'schema_version'")
                .bindparams(now=int(time.time() * 1000)))
