@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, get_args
+from typing import Annotated, get_args
 
+import orjson
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from chatledger.errors import InvalidRequest
 from chatledger.store.usage import GroupBy, UsageQuery, usage
@@ -15,7 +17,7 @@ GROUPS = get_args(GroupBy)
 
 @router.get("/v1/usage", summary="Usage and cost, grouped",
             description="Totals per group over `from`..`to` (ms since the epoch; hourly resolution, since they "
-                        "come from the writer's hourly rollups). `group_by` takes a comma-separated list of "
+                        "come from the writer's hourly and daily rollups). `group_by` takes a comma-separated list of "
                         "`day`, `hour`, `model`, `provider`, `api_key`. Each row has requests, errors, tokens, "
                         "cost (USD, where the model's price is known; `unpriced_requests` counts the rest), "
                         "`avg_duration_ms` and `p95_duration_ms` (upper edge of a power-of-two bucket).")
@@ -27,7 +29,7 @@ def get_usage(
     model: str | None = None,
     provider: str | None = None,
     api_key_hash: str | None = None,
-) -> dict[str, Any]:
+) -> Response:
     groups = tuple(g.strip() for g in group_by.split(",") if g.strip())
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or len(set(groups)) != len(groups):
@@ -37,4 +39,7 @@ def get_usage(
         raise InvalidRequest("`to` must be after `from`.", param="to", code="invalid_parameter")
     query = UsageQuery(groups, since, until, model, provider, api_key_hash)  # type: ignore[arg-type]
     with request.app.state.reader.engine.connect() as connection:
-        return usage(connection, query)
+        result = usage(connection, query)
+    # Hundreds of rows of plain numbers and strings: orjson writes them as they are, where FastAPI's
+    # encoder would walk every value first (a third of the call for a month by day and model).
+    return Response(orjson.dumps(result), media_type="application/json")

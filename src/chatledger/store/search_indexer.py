@@ -32,7 +32,7 @@ class SearchBackend(Protocol):
 
 
 class SearchIndexer:
-    def __init__(self, backend: SearchBackend, *, chunk: int = 256, min_rows: int = 256, delay: float = 0.25,
+    def __init__(self, backend: SearchBackend, *, chunk: int = 128, min_rows: int = 256, delay: float = 0.25,
                  niceness: int = LOWEST_PRIORITY) -> None:
         self._backend = backend
         self._chunk = chunk

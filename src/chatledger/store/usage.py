@@ -46,20 +46,24 @@ def percentile_from_histogram(counts: list[int], fraction: float) -> int | None:
     return 1 << (HISTOGRAM_BUCKETS - 1)
 
 
-def _figures(values: dict[str, Any]) -> dict[str, Any]:
-    requests = int(values["requests"] or 0)
-    histogram = [int(values[c] or 0) for c in HISTOGRAM_COLUMNS]
+SUMMED = COUNTERS + HISTOGRAM_COLUMNS
+AT = {name: index for index, name in enumerate(SUMMED)}
+
+
+def _figures(sums: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """The figures of one group, from its sums in SUMMED order."""
+    histogram = [int(value or 0) for value in sums[len(COUNTERS):]]
     timed = sum(histogram)
     return {
-        "requests": requests,
-        "errors": int(values["errors"] or 0),
-        "streamed": int(values["streamed"] or 0),
-        "prompt_tokens": int(values["prompt_tokens"] or 0),
-        "completion_tokens": int(values["completion_tokens"] or 0),
-        "total_tokens": int(values["total_tokens"] or 0),
-        "cost": round(float(values["cost"] or 0.0), 10),
-        "unpriced_requests": int(values["unpriced"] or 0),
-        "avg_duration_ms": round(int(values["duration_ms_sum"] or 0) / timed, 2) if timed else None,
+        "requests": int(sums[AT["requests"]] or 0),
+        "errors": int(sums[AT["errors"]] or 0),
+        "streamed": int(sums[AT["streamed"]] or 0),
+        "prompt_tokens": int(sums[AT["prompt_tokens"]] or 0),
+        "completion_tokens": int(sums[AT["completion_tokens"]] or 0),
+        "total_tokens": int(sums[AT["total_tokens"]] or 0),
+        "cost": round(float(sums[AT["cost"]] or 0.0), 10),
+        "unpriced_requests": int(sums[AT["unpriced"]] or 0),
+        "avg_duration_ms": round(int(sums[AT["duration_ms_sum"]] or 0) / timed, 2) if timed else None,
         # Rollups keep a power-of-two histogram: p95 is the upper edge of its bucket.
         "p95_duration_ms": percentile_from_histogram(histogram, 0.95),
     }
@@ -75,15 +79,14 @@ def _attributes(query: UsageQuery, params: dict[str, Any]) -> list[str]:
     return clauses
 
 
-def _sources(query: UsageQuery, columns: str, params: dict[str, Any]) -> str:
-    """The rollup rows the range covers: a subquery over usage_daily for its whole days and
+def _sources(query: UsageQuery, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """The rollup rows the range covers, as (table, WHERE) pairs: usage_daily for its whole days and
     usage_hourly for the hours at its ends (or usage_hourly alone, to group by the hour)."""
     attributes = _attributes(query, params)
     since = None if query.since is None else query.since - query.since % HOUR_MS
     until = query.until
 
-    def select(table: str, ranges: list[tuple[int | None, int | None]]) -> str:
-        clauses = list(attributes)
+    def part(table: str, ranges: list[tuple[int | None, int | None]]) -> tuple[str, str]:
         alternatives = []
         for index, (low, high) in enumerate(ranges):
             bounds = []
@@ -94,46 +97,52 @@ def _sources(query: UsageQuery, columns: str, params: dict[str, Any]) -> str:
                 params[f"{table}_high{index}"] = high
                 bounds.append(f"bucket_start < :{table}_high{index}")
             alternatives.append(" AND ".join(bounds) or "1 = 1")
-        clauses.append("(" + " OR ".join(f"({a})" for a in alternatives) + ")")
-        return f"SELECT {columns} FROM {table} WHERE {' AND '.join(clauses)}"
+        return table, " AND ".join([*attributes, "(" + " OR ".join(f"({a})" for a in alternatives) + ")"])
 
     if "hour" in query.group_by:
-        return select("usage_hourly", [(since, until)])
+        return [part("usage_hourly", [(since, until)])]
     # Whole days: from the first midnight at or after `since` to the last one at or before `until`.
     first_day = None if since is None else -(-since // DAY_MS) * DAY_MS
     last_day = None if until is None else until - until % DAY_MS
     if first_day is not None and last_day is not None and first_day >= last_day:
-        return select("usage_hourly", [(since, until)])  # less than a whole day
+        return [part("usage_hourly", [(since, until)])]  # less than a whole day
     edges = [(since, first_day)] if since is not None and since < first_day else []
     if until is not None and last_day < until:
         edges.append((last_day, until))
-    days = select("usage_daily", [(first_day, last_day)])
-    return f"{days} UNION ALL {select('usage_hourly', edges)}" if edges else days
+    days = part("usage_daily", [(first_day, last_day)])
+    return [days, part("usage_hourly", edges)] if edges else [days]
 
 
 def usage(connection: sa.Connection, query: UsageQuery) -> dict[str, Any]:
-    sums = ", ".join(f"SUM({c}) AS {c}" for c in COUNTERS + HISTOGRAM_COLUMNS)
-    groups = [f"{GROUP_COLUMNS[g]} AS g{i}" for i, g in enumerate(query.group_by)]
+    sums = ", ".join(f"SUM({c}) AS {c}" for c in SUMMED)
     params: dict[str, Any] = {}
-    source = _sources(query, ", ".join(("bucket_start", "model", "provider", "api_key_hash", *COUNTERS,
-                                        *HISTOGRAM_COLUMNS)), params)
+    parts = _sources(query, params)
+    expressions = dict(GROUP_COLUMNS)
+    if len(parts) == 1:  # one table: read it directly (a subquery would be copied first)
+        table, where = parts[0]
+        from_ = f"{table} WHERE {where}"
+        if table == "usage_daily":  # its rows start at midnight: grouping walks its key, no sort
+            expressions["day"] = "bucket_start"
+    else:
+        columns = ", ".join(("bucket_start", "model", "provider", "api_key_hash", *COUNTERS, *HISTOGRAM_COLUMNS))
+        union = " UNION ALL ".join(f"SELECT {columns} FROM {table} WHERE {where}" for table, where in parts)
+        from_ = f"({union}) AS rollups"
+    groups = [f"{expressions[g]} AS g{i}" for i, g in enumerate(query.group_by)]
     group_sql = ""
     if groups:
         positions = ", ".join(str(i + 1) for i in range(len(groups)))
         group_sql = f"GROUP BY {positions} ORDER BY {positions}"
     select = ", ".join([*groups, sums])
-    rows = connection.execute(sa.text(f"SELECT {select} FROM ({source}) AS rollups {group_sql}"), params).mappings()
+    rows = connection.execute(sa.text(f"SELECT {select} FROM {from_} {group_sql}"), params).fetchall()
     data = []
-    totals: dict[str, Any] = {c: 0 for c in COUNTERS + HISTOGRAM_COLUMNS}
-    for row in rows:
-        entry: dict[str, Any] = {}
-        for i, group in enumerate(query.group_by):
-            value = row[f"g{i}"]
-            entry[group] = _label(group, value)
-        entry.update(_figures(row))
+    width = len(query.group_by)
+    totals = [0] * len(SUMMED)
+    for row in rows:  # plain tuples: the group values, then the sums in SUMMED order
+        entry: dict[str, Any] = {group: _label(group, row[i]) for i, group in enumerate(query.group_by)}
+        values = row[width:]
+        entry.update(_figures(values))
         data.append(entry)
-        for column in totals:
-            totals[column] += row[column] or 0
+        totals = [total + (value or 0) for total, value in zip(totals, values, strict=True)]
     return {"object": "usage", "group_by": list(query.group_by), "from": query.since, "to": query.until,
             "data": data, "totals": _figures(totals)}
 

@@ -43,6 +43,7 @@ from chatledger.store.threads import lower_this_threads_priority
 log = logging.getLogger("chatledger.writer")
 
 Ack = Literal["journal", "commit"]
+LAG_BYTES = 16 * 1024 * 1024  # backlog in memory past which journal-acked answers wait for their commit
 # (sequence number, record, to be committed soon (an answer), where it sits in the journal)
 Item = tuple[int, Record, bool, tuple[Position, Position] | None]
 
@@ -100,8 +101,8 @@ class Writer:
         self._journal = journal
         self._ack = ack
         # ack='journal' answers without waiting only while the thread keeps up: past this many records
-        # not yet committed, answers wait for their commit too, so a sustained load finds its pace
-        # instead of growing a backlog (and memory) without end.
+        # (or LAG_BYTES of them) not yet committed, answers wait for their commit too, so a sustained
+        # load finds its pace instead of growing a backlog (and memory) without end.
         self._max_lag = max_lag if max_lag is not None else 2 * batch_size
         # Called from the writer thread after each commit with the number of responses it held.
         self._on_commit = on_commit
@@ -239,7 +240,7 @@ class Writer:
         # Committed at once even when nobody waits (the answer went out on the journal's word), so
         # the database trails the answers by a commit, not by `flush_ms`.
         seq, journaled = self._submit(record, True)
-        if not wait and journaled and self.lag <= self._max_lag:
+        if not wait and journaled and self.lag <= self._max_lag and self._pending_bytes <= LAG_BYTES:
             return True
         return await self._wait_for(seq, timeout) or journaled
 
