@@ -111,7 +111,12 @@ def test_unwritable_store_keeps_answering_and_catches_up(make_gateway):
                 assert reply.choices[0].message.content.endswith(f"locked {i}")
             else:
                 assert "".join(c.choices[0].delta.content or "" for c in reply if c.choices).endswith(f"locked {i}")
+        # Answers do not wait for a locked store; its writer finds out when its busy timeout expires.
+        deadline = time.monotonic() + 10
         health = httpx.get(gateway.url + "/health").json()
+        while health["status"] != "degraded" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            health = httpx.get(gateway.url + "/health").json()
         assert health["status"] == "degraded" and "locked" in health["store"]["last_error"]
         assert gateway.app.writer.stats.failures > 0
     finally:
