@@ -21,6 +21,13 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._tail + chunk if self._tail else chunk
+        if b"\r" not in data:
+            # What every OpenAI-compatible API sends: LF line ends. bytes.split runs at memchr speed;
+            # the regex engine, with no literal to skip ahead to, costs ~25 ns a byte (200 us for an
+            # 8 KB answer), on the event loop.
+            parts = data.split(b"\n\n")
+            self._tail = parts.pop()
+            return [part + b"\n\n" for part in parts]
         events: list[bytes] = []
         start = 0
         for match in _EVENT_END.finditer(data):
