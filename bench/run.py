@@ -433,7 +433,8 @@ def unrecorded_table(results: dict[str, Any]) -> Table:
     table.rows.append(["off", rate(off_saturated.median("through", "rps")), overhead_triple(off_sequential, "total"),
                        cores(max(off_saturated.others, off_sequential.others))])
     table.notes.append("Not a goal (the goals are with bodies recorded): it splits the overhead between proxying "
-                       "and recording (a response's last bytes wait for its SQLite commit).")
+                       "and recording (a response's last bytes wait for its journal append, or for its commit "
+                       "when the recorder falls behind).")
     return table
 
 
