@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import orjson
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
+# An event ends at a blank line: LF LF or CRLF CRLF (the CR before the first LF stays in the event's
+# slice either way). The pattern starts with a literal, so the regex engine skips ahead to each LF;
+# a leading `\r?` made it try every byte (~25 ns a byte on the event loop: 0.2 ms of an 8 KB answer).
+_EVENT_END = re.compile(rb"\n\r?\n")
 DONE = b"data: [DONE]\n\n"
 
 
@@ -21,13 +24,6 @@ class EventSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._tail + chunk if self._tail else chunk
-        if b"\r" not in data:
-            # What every OpenAI-compatible API sends: LF line ends. bytes.split runs at memchr speed;
-            # the regex engine, with no literal to skip ahead to, costs ~25 ns a byte (200 us for an
-            # 8 KB answer), on the event loop.
-            parts = data.split(b"\n\n")
-            self._tail = parts.pop()
-            return [part + b"\n\n" for part in parts]
         events: list[bytes] = []
         start = 0
         for match in _EVENT_END.finditer(data):
