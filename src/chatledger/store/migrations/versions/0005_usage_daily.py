@@ -36,6 +36,17 @@ def _forget_daily(sqlite: bool) -> str:
         f"bucket_start = OLD.timestamp - OLD.timestamp % {DAY_MS}")
 
 
+def _replace_forget_trigger(sqlite: bool, statements: list[str]) -> None:
+    """The delete trigger's body becomes `statements` (on PostgreSQL the trigger calls this function)."""
+    body = "".join(f"  {statement};\n" for statement in statements)
+    if sqlite:
+        op.execute("DROP TRIGGER IF EXISTS responses_forget")
+        op.execute(f"CREATE TRIGGER responses_forget AFTER DELETE ON responses\nBEGIN\n{body}END")
+    else:
+        op.execute("CREATE OR REPLACE FUNCTION responses_forget() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+                   f"BEGIN\n{body}  RETURN NULL;\nEND\n$$")
+
+
 def upgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
     columns = [sa.Column(name, sa.Float if name == "cost" else sa.BigInteger, nullable=False, server_default="0")
@@ -53,47 +64,13 @@ def upgrade() -> None:
     sums = ", ".join(f"SUM({name})" for name in COUNTERS + HISTOGRAM)
     op.execute(f"INSERT INTO usage_daily ({names}) SELECT bucket_start - bucket_start % {DAY_MS}, model, provider, "
                f"api_key_hash, {sums} FROM usage_hourly GROUP BY 1, 2, 3, 4")
-    if sqlite:
-        op.execute("DROP TRIGGER IF EXISTS responses_forget")
-        op.execute(f"""
-            CREATE TRIGGER responses_forget AFTER DELETE ON responses
-            BEGIN
-              {_usage_search._forget_usage(sqlite)};
-              {_forget_daily(sqlite)};
-            END
-        """)
-    else:
-        op.execute(f"""
-            CREATE OR REPLACE FUNCTION responses_forget() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-              {_usage_search._forget_usage(sqlite)};
-              {_forget_daily(sqlite)};
-              RETURN NULL;
-            END
-            $$
-        """)
+    _replace_forget_trigger(sqlite, [_usage_search._forget_usage(sqlite), _forget_daily(sqlite)])
     op.execute(f"UPDATE metadata SET value = '5', updated_at = {int(time.time() * 1000)} "
                "WHERE key = 'schema_version'")
 
 
 def downgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
-    if sqlite:
-        op.execute("DROP TRIGGER IF EXISTS responses_forget")
-        op.execute(f"""
-            CREATE TRIGGER responses_forget AFTER DELETE ON responses
-            BEGIN
-              {_usage_search._forget_usage(sqlite)};
-            END
-        """)
-    else:
-        op.execute(f"""
-            CREATE OR REPLACE FUNCTION responses_forget() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-              {_usage_search._forget_usage(sqlite)};
-              RETURN NULL;
-            END
-            $$
-        """)
+    _replace_forget_trigger(sqlite, [_usage_search._forget_usage(sqlite)])
     op.drop_table("usage_daily")
     op.execute("UPDATE metadata SET value = '4' WHERE key = 'schema_version'")
