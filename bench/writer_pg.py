@@ -21,6 +21,7 @@ import secrets
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -45,7 +46,8 @@ async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]
     indexer = SearchIndexer(backend) if backend is not None else None
     if indexer is not None:
         indexer.start()
-    writer = Writer(store.sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
+    sink = partial(store.sink, connections=settings.writer_pg_connections)
+    writer = Writer(sink, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
                     max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
                     journal=Journal(workdir / "journal"),
                     on_commit=indexer.notify if indexer is not None else None, niceness=settings.writer_niceness)
@@ -58,7 +60,8 @@ async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]
     elapsed = time.perf_counter() - started
     stats = writer.stats
     result: dict[str, object] = {
-        "exchanges": len(exchanges), "seconds": elapsed, "feed_seconds": fed - started,
+        "exchanges": len(exchanges), "connections": settings.writer_pg_connections,
+        "batch_size": settings.writer_batch_size, "seconds": elapsed, "feed_seconds": fed - started,
         "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
         "batches": stats.batches, "dropped": stats.dropped, "spilled": stats.spilled,
         "dead_lettered": stats.dead_lettered, "request_bytes": len(exchanges[0][0].openai_request),

@@ -1,8 +1,10 @@
 """The PostgreSQL recorder's own paths: text PostgreSQL cannot store (NUL) still gets recorded, ids
-taken ahead for a batch are its own, and the sessions table is vacuumed where autovacuum is off."""
+taken ahead for a batch are its own, a batch written on several connections at once is written
+exactly once when one of them fails, and the sessions table is vacuumed where autovacuum is off."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -16,6 +18,7 @@ from chatledger.store import Store
 from chatledger.store.engine import psycopg_conninfo
 from chatledger.store.pg_vacuum import Vacuumer
 from chatledger.store.records import Record, RequestRecord, ResponseRecord
+from chatledger.store.writer import Writer
 
 
 @pytest.fixture
@@ -141,3 +144,55 @@ def test_tables_the_gateway_does_not_own_are_not_its_to_vacuum(store):
         finally:
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+# Fails the requests of one conversation: always (a record the store refuses), or only the first time
+# (a serialization failure, which the recorder retries).
+FAIL_REQUESTS = """
+CREATE FUNCTION fail_requests() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.session_id = 'refused' THEN
+        RAISE EXCEPTION 'this conversation is refused';
+    END IF;
+    IF NEW.session_id = 'flaky' AND nextval('flaky_failures') = 1 THEN
+        RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE SEQUENCE flaky_failures;
+CREATE TRIGGER fail_requests BEFORE INSERT ON requests FOR EACH ROW EXECUTE FUNCTION fail_requests();
+"""
+
+
+def _write_through_a_writer(store: Store, records: list[Record]) -> Writer:
+    async def run() -> Writer:
+        writer = Writer(lambda: store.sink(connections=2), flush_ms=1, retry_max_s=0.05)
+        writer.start()
+        for record in records:
+            writer.submit(record)
+        await asyncio.to_thread(writer.close)
+        return writer
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("failing", ["refused", "flaky"])
+def test_a_batch_split_over_connections_is_written_once_when_one_part_fails(store, failing):
+    """Twelve conversations in one batch go over two connections; one conversation's request fails
+    in its part while the other part commits. Refused: that exchange is set aside (its answer too,
+    having no request), the rest written once each. Flaky: the retry writes everything, once."""
+    with psycopg.connect(_conninfo(store), autocommit=True) as connection:
+        connection.execute(FAIL_REQUESTS)
+    conversations = [failing, *(f"conversation {index}" for index in range(11))]
+    records = [record for session in conversations for record in _exchange(f"in {session}", session=session)]
+    writer = _write_through_a_writer(store, records)
+    sessions = dict(_rows(store, "SELECT id, message_count FROM sessions"))
+    recorded = _rows(store, "SELECT q.session_id, COUNT(*), COUNT(DISTINCT q.request_id), COUNT(r.id) "
+                            "FROM requests q LEFT JOIN responses r ON r.request_id = q.id GROUP BY q.session_id")
+    written = [session for session in conversations if failing == "flaky" or session != failing]
+    assert sorted(recorded) == sorted((session, 1, 1, 1) for session in written)
+    assert sessions == dict.fromkeys(written, 1)
+    assert _rows(store, "SELECT COUNT(*) FROM responses")[0][0] == len(written)
+    assert writer.stats.dead_lettered == (0 if failing == "flaky" else 2)
+    assert writer.stats.failures == (1 if failing == "flaky" else 0)
+    assert _rows(store, "SELECT SUM(requests) FROM usage_hourly")[0][0] == len(written)

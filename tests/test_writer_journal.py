@@ -23,11 +23,13 @@ class FlakySink:
         if up:
             self.up.set()
         self.written: list[str] = []
+        self.batches: list[int] = []  # the size of each batch taken
 
     def write(self, records: list[Record]) -> None:
         if not self.up.is_set():
             raise TransientStoreError("server closed the connection unexpectedly")
         self.written.extend(r.request_id for r in records)
+        self.batches.append(len(records))
 
     def reconnect(self) -> None: ...
     def close(self) -> None: ...
@@ -35,9 +37,9 @@ class FlakySink:
     def maintain(self, idle: bool) -> None: ...
 
 
-def _record(index: int) -> RequestRecord:
+def _record(index: int, body: bytes = b'{"model": "m"}') -> RequestRecord:
     return RequestRecord(f"r{index:05d}", index, "POST", "/v1/chat/completions", "chat", f"journal {index}",
-                         b'{"model": "m"}', None, "m", "mock", "m", False, None, None)
+                         body, None, "m", "mock", "m", False, None, None)
 
 
 def _wait(condition, timeout: float = 10) -> None:
@@ -70,6 +72,30 @@ def test_past_the_budget_records_wait_in_the_journal_and_drain_in_order(tmp_path
     assert sink.written == [f"r{index:05d}" for index in range(400)]
     assert writer.stats.committed == 400 and writer.healthy
     assert list((tmp_path / "journal").glob("*.log")) == []  # all committed: nothing left to replay
+
+
+def test_a_backlog_is_written_in_batches_cut_by_bytes_from_memory_and_from_the_journal(tmp_path):
+    """A store that comes back to a backlog gets it in batches of at most `batch_bytes` (and the one
+    record that crosses it), whether the records waited in memory or in the journal."""
+    sink = FlakySink(up=False)
+    body = b'{"model": "m", "pad": "' + b"x" * 1000 + b'"}'  # a record of ~1.5 KB, as the writer counts
+
+    async def run() -> None:
+        writer = Writer(lambda: sink, batch_size=1000, batch_bytes=8 * 1024, flush_ms=1,
+                        max_pending_bytes=64 * 1024, journal=Journal(tmp_path / "journal"), retry_max_s=0.05)
+        writer.start()
+        for index in range(200):
+            writer.submit(_record(index, body))
+        assert 100 < writer.stats.spilled < 200  # some wait in memory, the rest in the journal
+        sink.up.set()
+        await asyncio.to_thread(_wait, lambda: len(sink.written) == 200)
+        await asyncio.to_thread(writer.close)
+
+    asyncio.run(run())
+    assert sink.written == [f"r{index:05d}" for index in range(200)]
+    # 8 KB is 6 records as the writer counts them (body + 512), 8 as journal frames (body + ~150).
+    assert max(sink.batches) <= 8 and len(sink.batches) >= 200 // 8
+    assert 6 in sink.batches and 8 in sink.batches  # both kinds of batch were cut
 
 
 def test_without_a_journal_records_past_the_budget_are_dropped_and_counted(tmp_path):

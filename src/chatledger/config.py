@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # The recorder: flush at `writer_batch_size` rows or `writer_flush_ms`, whichever comes first (rows
     # reach the database that long after their answer, at most, when nobody waits for the commit).
-    writer_batch_size: int = 512
+    writer_batch_size: int = 4096
     writer_flush_ms: int = 10
     # How long the end of a response may wait for its exchange to be committed.
     writer_ack_timeout_ms: int = 1000
@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # synchronous=FULL (a journal write is not fsynced) and PostgreSQL (a replica's local disk may
     # not outlive it).
     writer_ack: Literal["auto", "journal", "commit"] = "auto"
+    # PostgreSQL: how many connections each replica's recorder writes a batch on at once (split by
+    # conversation). One backend leaves a core mostly idle; two write about twice as fast.
+    writer_pg_connections: int = Field(default=2, ge=1, le=16)
     # SQLite `synchronous`: NORMAL survives a process crash; FULL also survives power loss.
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     # How long the recorder waits for a lock held by another process before it retries later.

@@ -133,7 +133,7 @@ class ChatLedgerApp:
         # Local files, one set per replica, beside the SQLite file (or where it would be).
         local = settings.database_path.parent
         dead_letter_path = store.dead_letter_path() or local / "chatledger.deadletter.jsonl"
-        sink_factory = partial(store.sink, Pricer(self.config))
+        sink_factory = partial(store.sink, Pricer(self.config), connections=settings.writer_pg_connections)
         journal_root = settings.writer_journal_dir or local / "journal"
         self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
         await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)

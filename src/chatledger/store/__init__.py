@@ -41,10 +41,12 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def sink(self, pricer: Pricer | None = None) -> Sink:
+    def sink(self, pricer: Pricer | None = None, *, connections: int = 2) -> Sink:
+        """The recorder's way in; `connections`: how many PostgreSQL connections it writes on at once."""
         if self.dialect == "postgresql":
             conninfo = psycopg_conninfo(self.engine.url.render_as_string(hide_password=False))
-            return PostgresSink(conninfo, session_timeout_ms=self.session_timeout_ms, pricer=pricer)
+            return PostgresSink(conninfo, session_timeout_ms=self.session_timeout_ms, pricer=pricer,
+                                connections=connections)
         if self.database_path is None:
             raise NotImplementedError(f"recording into {self.dialect} is not supported")
         return SQLiteSink(self.database_path, session_timeout_ms=self.session_timeout_ms,

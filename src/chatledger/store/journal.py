@@ -205,14 +205,18 @@ class Journal:
 
     # -- recorder thread ------------------------------------------------------------------------------
 
-    def read(self, start: Position, stop: Position, max_records: int) -> tuple[list[JournalEntry], Position]:
+    def read(self, start: Position, stop: Position, max_records: int,
+             max_bytes: int | None = None) -> tuple[list[JournalEntry], Position]:
         """Records from `start` up to `stop` (an `end` seen under the writer's lock), in order, and the
-        position reading got to; a segment that ends (or tears) before `stop` is followed by the next."""
+        position reading got to; a segment that ends (or tears) before `stop` is followed by the next.
+        At most `max_records`, and none more once `max_bytes` of frames are read (always one)."""
         entries: list[JournalEntry] = []
         position = start
-        while len(entries) < max_records and position < stop:
-            position = self._read_segment(position, stop, max_records, entries)
-            if len(entries) >= max_records or position >= stop:
+        room = max_bytes if max_bytes is not None else MAX_FRAME_BYTES * max_records
+        while len(entries) < max_records and room > 0 and position < stop:
+            position, taken = self._read_segment(position, stop, max_records, room, entries)
+            room -= taken
+            if len(entries) >= max_records or room <= 0 or position >= stop:
                 break
             following = self._next_segment(position[0])
             if following is None or (following, 0) > stop:
@@ -220,17 +224,18 @@ class Journal:
             position = (following, 0)
         return entries, position
 
-    def _read_segment(self, position: Position, stop: Position, max_records: int,
-                      entries: list[JournalEntry]) -> Position:
-        """Append the segment's records from `position` on; returns where reading stopped."""
+    def _read_segment(self, position: Position, stop: Position, max_records: int, max_bytes: int,
+                      entries: list[JournalEntry]) -> tuple[Position, int]:
+        """Append the segment's records from `position` on; returns where reading stopped and how
+        many bytes of frames it read."""
         segment, offset = position
         try:
             handle = (self.directory / _segment_name(segment)).open("rb")
         except FileNotFoundError:
-            return position
+            return position, 0
         with handle:
             handle.seek(offset)
-            while len(entries) < max_records and (segment, offset) < stop:
+            while len(entries) < max_records and offset - position[1] < max_bytes and (segment, offset) < stop:
                 header = handle.read(HEADER.size)
                 if len(header) < HEADER.size:
                     break
@@ -243,7 +248,7 @@ class Journal:
                 end = (segment, offset + HEADER.size + length)
                 entries.append(JournalEntry(decode(kind, payload), (segment, offset), end))
                 offset = end[1]
-        return segment, offset
+        return (segment, offset), offset - position[1]
 
     def _next_segment(self, segment: int) -> int | None:
         with self._lock:

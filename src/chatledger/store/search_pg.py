@@ -23,7 +23,7 @@ from typing import TypeVar
 import psycopg
 
 from chatledger.store import search_index
-from chatledger.store.postgres_sink import CONNECT_OPTIONS
+from chatledger.store.pg_shard import CONNECT_OPTIONS
 
 CLAIM = """
 DELETE FROM search_pending WHERE id IN (

@@ -43,7 +43,9 @@ from chatledger.store.threads import lower_this_threads_priority
 log = logging.getLogger("chatledger.writer")
 
 Ack = Literal["journal", "commit"]
-LAG_BYTES = 16 * 1024 * 1024  # backlog in memory past which journal-acked answers wait for their commit
+# Backlog in memory past which journal-acked answers wait for their commit.
+LAG_RECORDS = 1024
+LAG_BYTES = 16 * 1024 * 1024
 # (sequence number, record, to be committed soon (an answer), where it sits in the journal)
 Item = tuple[int, Record, bool, tuple[Position, Position] | None]
 
@@ -79,7 +81,8 @@ class Writer:
         self,
         sink_factory: Callable[[], Sink],
         *,
-        batch_size: int = 512,
+        batch_size: int = 4096,
+        batch_bytes: int = 8 * 1024 * 1024,
         flush_ms: int = 10,
         max_pending_bytes: int = 256 * 1024 * 1024,
         dead_letter_path: Path | None = None,
@@ -94,6 +97,9 @@ class Writer:
             raise ValueError("ack='journal' needs a journal")
         self._sink_factory = sink_factory
         self._batch_size = batch_size
+        # A backlog is caught up in batches this big at most: big enough that each session's row and
+        # each rollup row is written once for many exchanges, small enough to keep memory flat.
+        self._batch_bytes = batch_bytes
         self._flush_s = flush_ms / 1000
         self._max_pending_bytes = max_pending_bytes
         self._dead_letter_path = dead_letter_path
@@ -103,7 +109,7 @@ class Writer:
         # ack='journal' answers without waiting only while the thread keeps up: past this many records
         # (or LAG_BYTES of them) not yet committed, answers wait for their commit too, so a sustained
         # load finds its pace instead of growing a backlog (and memory) without end.
-        self._max_lag = max_lag if max_lag is not None else 2 * batch_size
+        self._max_lag = max_lag if max_lag is not None else LAG_RECORDS
         # Called from the writer thread after each commit with the number of responses it held.
         self._on_commit = on_commit
         self._niceness = niceness
@@ -364,7 +370,7 @@ class Writer:
                 housekeeping_in = self._sleep(sink, housekeeping_in)
                 continue
             else:
-                batch = [pending[i] for i in range(min(len(pending), self._batch_size))]
+                batch = self._next_batch(pending)
                 records = [item[1] for item in batch]
             try:
                 self._write(sink, records)
@@ -390,6 +396,17 @@ class Writer:
             housekeeping_in = self._maintain(sink, idle=not pending and not self._inbox)
         sink.shutdown()
 
+    def _next_batch(self, pending: collections.deque[Item]) -> list[Item]:
+        """The oldest records, up to `batch_size` of them and `batch_bytes` (at least one)."""
+        batch: list[Item] = []
+        room = self._batch_bytes
+        for item in pending:
+            batch.append(item)
+            room -= item[1].size()
+            if len(batch) >= self._batch_size or room <= 0:
+                break
+        return batch
+
     def _drain(self, pending: collections.deque[Item]) -> int:
         """Move what the event loop submitted into `pending`; returns how many of those are urgent."""
         inbox = self._inbox
@@ -406,7 +423,7 @@ class Writer:
         assert journal is not None and self._position is not None
         with self._lock:
             stop = journal.end
-        entries, reached = journal.read(self._position, stop, self._batch_size)
+        entries, reached = journal.read(self._position, stop, self._batch_size, self._batch_bytes)
         if entries:
             for entry in entries:
                 if entry.start[0] < journal.first_own_segment:
