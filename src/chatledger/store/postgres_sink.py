@@ -27,7 +27,7 @@ from chatledger.store.writer import TransientStoreError
 
 # Requests whose answer has not been routed yet, by request uuid: their part. An answer comes within
 # seconds, so this only outgrows its cap through requests that never got one (a crash mid-answer).
-OPEN_REQUESTS = 200_000
+OPEN_REQUESTS = 50_000
 
 
 def _uuid(record: Record) -> str:
