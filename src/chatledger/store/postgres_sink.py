@@ -25,8 +25,8 @@ from chatledger.store.pg_vacuum import Vacuumer
 from chatledger.store.records import Record, RequestRecord
 from chatledger.store.writer import TransientStoreError
 
-# Requests whose answer has not been routed yet, by request uuid: their part. An answer comes within
-# seconds, so this only outgrows its cap through requests that never got one (a crash mid-answer).
+# Requests whose answer has not been written yet, by request uuid: their part. Past the cap the oldest
+# go; their answers then go to the first part, which reads the (long committed) request from the table.
 OPEN_REQUESTS = 50_000
 
 
