@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +42,33 @@ KNOWN_SESSION_MODELS = 200_000
 
 class UnknownRequest(ValueError):
     pass
+
+
+def record_uuid(record: Record) -> str:
+    return record.request_id if isinstance(record, RequestRecord) else record.response_id
+
+
+class KnownCommitted:
+    """Records a sink knows are committed though the writer will offer them again (the write that
+    held them failed after they went in): left out each time they come back, and forgotten once a
+    write that held them succeeds (the writer offers a failed batch again until it does, whole or
+    record by record)."""
+
+    def __init__(self) -> None:
+        self._uuids: set[str] = set()
+
+    def add(self, uuids: Iterable[str]) -> None:
+        self._uuids.update(uuids)
+
+    def left_out(self, records: list[Record]) -> list[Record]:
+        if not self._uuids:
+            return records
+        return [record for record in records if record_uuid(record) not in self._uuids]
+
+    def written(self, records: list[Record]) -> None:
+        """`records` were offered to a write that succeeded: none of them comes back."""
+        if self._uuids:
+            self._uuids.difference_update(record_uuid(record) for record in records)
 
 
 @dataclass(slots=True, frozen=True)

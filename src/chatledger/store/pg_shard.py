@@ -32,6 +32,7 @@ from chatledger.store.batch import (
     SESSION_COLUMNS,
     BatchBuilder,
     BatchRows,
+    KnownCommitted,
     OpenRequest,
     open_request,
 )
@@ -117,6 +118,8 @@ class PgShard:
         self._connection: psycopg.Connection | None = None
         # A batch whose COMMIT got no answer: (its rows, one request or response uuid it holds).
         self._unsure: tuple[BatchRows, str, str] | None = None
+        # Such a batch's records, once found committed.
+        self._known = KnownCommitted()
         self._copy_types: dict[str, list[int]] = {}
         # Row ids this replica has taken from the sequences and not used yet.
         self._ids: dict[str, list[int]] = {"requests": [], "responses": []}
@@ -150,12 +153,15 @@ class PgShard:
         self._connection = None
 
     def write(self, records: list[Record]) -> None:
+        offered = records
+        records = self._known.left_out(records)
         try:
             connection = self._connection if self._connection is not None and not self._connection.closed \
                 else self._connect()
             if self._unsure is not None:
                 records = self._settle(connection, records)
             if not records:
+                self._known.written(offered)
                 return
             try:
                 rows = self._build(connection, records)
@@ -178,6 +184,7 @@ class PgShard:
                     self._connection.rollback()
             raise
         self._builder.committed(rows)
+        self._known.written(offered)
 
     def _build(self, connection: psycopg.Connection, records: list[Record]) -> BatchRows:
         requests = sum(isinstance(record, RequestRecord) for record in records)
@@ -250,9 +257,9 @@ class PgShard:
             return records
         log.warning("the batch whose commit was cut off had committed; not writing it again")
         self._builder.committed(rows)
-        written = {row[2] for row in rows.requests} | {row[3] for row in rows.responses}
-        return [r for r in records if (r.request_id if isinstance(r, RequestRecord) else r.response_id)
-                not in written]
+        # Left out of this write and of every retry of it, should this one fail too.
+        self._known.add([row[2] for row in rows.requests] + [row[3] for row in rows.responses])
+        return self._known.left_out(records)
 
     # -- Lookups, for the batch builder (inside the write transaction) ------------------------------
 

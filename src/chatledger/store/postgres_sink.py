@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from chatledger.pricing import Pricer
+from chatledger.store.batch import KnownCommitted, record_uuid
 from chatledger.store.pg_shard import PgShard
 from chatledger.store.pg_vacuum import Vacuumer
 from chatledger.store.records import Record, RequestRecord
@@ -28,10 +29,6 @@ from chatledger.store.writer import TransientStoreError
 # Requests whose answer has not been written yet, by request uuid: their part. Past the cap the oldest
 # go; their answers then go to the first part, which reads the (long committed) request from the table.
 OPEN_REQUESTS = 50_000
-
-
-def _uuid(record: Record) -> str:
-    return record.request_id if isinstance(record, RequestRecord) else record.response_id
 
 
 def _conversation_hash(record: RequestRecord) -> int:
@@ -61,7 +58,7 @@ class PostgresSink:
                          for index in range(1, connections)]
         self._request_parts: collections.OrderedDict[str, int] = collections.OrderedDict()
         # Records of a batch that failed in part which the parts that did commit had written.
-        self._written: set[str] = set()
+        self._known = KnownCommitted()
         # Where autovacuum is off, the session versions each batch leaves behind would pile up.
         self._vacuumer = Vacuumer(conninfo)
         self._vacuumer.start()
@@ -85,14 +82,13 @@ class PostgresSink:
         return None
 
     def write(self, records: list[Record]) -> None:
-        if self._written:
-            records = self._not_written(records)
-        parts = self._split(records)
+        parts = self._split(self._known.left_out(records))
         busy = [index for index, part in enumerate(parts) if part]
         if len(busy) == 1:  # a quiet moment: one conversation, or one part's worth
             self._shards[busy[0]].write(parts[busy[0]])
         elif busy:
             self._write_parts(parts, busy)
+        self._known.written(records)
         for record in records:
             if not isinstance(record, RequestRecord):
                 self._request_parts.pop(record.request_id, None)
@@ -104,34 +100,25 @@ class PostgresSink:
             (index, self._threads[index - 1].submit(self._shards[index].write, parts[index]))
             for index in busy if index]
         errors: list[BaseException] = []
+        committed: list[list[Record]] = []
         if busy[0] == 0:
-            self._attempt(lambda: self._shards[0].write(parts[0]), parts[0], errors)
+            self._attempt(lambda: self._shards[0].write(parts[0]), parts[0], committed, errors)
         for index, future in pending:
-            self._attempt(future.result, parts[index], errors)
+            self._attempt(future.result, parts[index], committed, errors)
         if errors:
+            for part in committed:
+                self._known.add(record_uuid(record) for record in part)
             raise next((e for e in errors if isinstance(e, TransientStoreError)), errors[0])
 
-    def _attempt(self, write: Callable[[], None], part: list[Record], errors: list[BaseException]) -> None:
+    @staticmethod
+    def _attempt(write: Callable[[], None], part: list[Record], committed: list[list[Record]],
+                 errors: list[BaseException]) -> None:
         try:
             write()
         except Exception as exc:  # noqa: BLE001 - raised once every part has had its turn
             errors.append(exc)
         else:
-            self._written.update(_uuid(record) for record in part)
-
-    def _not_written(self, records: list[Record]) -> list[Record]:
-        """Leave out what an earlier, partly failed write committed; forget those once left out (the
-        writer offers each record until it is written or set aside, so each comes back)."""
-        kept = []
-        for record in records:
-            uuid = _uuid(record)
-            if uuid in self._written:
-                self._written.discard(uuid)
-                if not isinstance(record, RequestRecord):
-                    self._request_parts.pop(record.request_id, None)
-            else:
-                kept.append(record)
-        return kept
+            committed.append(part)
 
     def _split(self, records: list[Record]) -> list[list[Record]]:
         """Requests by their conversation's key, answers after their requests."""
