@@ -9,6 +9,12 @@ the local one at 127.0.0.1:5432, user postgres) and drops it afterwards. Prints 
 The search index is not the recorder's work any more: each batch only queues its response ids.
 `--index` also runs the gateway's background indexer meanwhile (as every replica does), and reports
 how far behind it was when the recorder finished and how long it took to catch up.
+
+`--replicas N` runs N recorders, each in a process of its own (as N replicas or `--workers N`),
+into the one database, the exchanges dealt out between them: `--conversations shared` (each replica
+gets every conversation in turn, 2,000 exchanges at a time, as a load balancer would spread them) or
+`split` (each conversation stays on one replica). The figure is all exchanges over the wall time
+from the common start to the last recorder's end.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
-from writer import build_records, feed  # bench/writer.py: the same records
+from writer import SESSIONS, build_records, feed  # bench/writer.py: the same records
 
 from chatledger.config import Settings
 from chatledger.store import Store
@@ -79,8 +86,58 @@ async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]
 
 def count_rows(url: str) -> dict[str, int]:
     with psycopg.connect(url) as connection:
-        return {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # type: ignore[index]
-                for table in ("requests", "responses", "sessions", "search_index", "search_pending")}
+        counts = {table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+                  for table in ("requests", "responses", "sessions", "search_index", "search_pending")}
+        for table, column in (("requests", "request_id"), ("responses", "response_id")):
+            counts[f"distinct_{column}"] = connection.execute(  # type: ignore[index]
+                f"SELECT COUNT(DISTINCT {column}) FROM {table}").fetchone()[0]
+        counts["message_count"] = connection.execute(  # type: ignore[index]
+            "SELECT COALESCE(SUM(message_count), 0) FROM sessions").fetchone()[0]
+        return counts
+
+
+def share(exchanges: list[tuple[RequestRecord, ResponseRecord]], replica: int, replicas: int,
+          conversations: str) -> list[tuple[RequestRecord, ResponseRecord]]:
+    """This replica's exchanges (build_records deals conversation `index % SESSIONS`)."""
+    if conversations == "split":
+        return [e for index, e in enumerate(exchanges) if index % SESSIONS % replicas == replica]
+    return [e for index, e in enumerate(exchanges) if index // SESSIONS % replicas == replica]
+
+
+def child(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]]) -> None:
+    """One replica's recorder: ready once its records are built, then on "go" from the parent."""
+    with tempfile.TemporaryDirectory(prefix="chatledger-writer-pg-") as directory:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        result = asyncio.run(measure(url, exchanges, Path(directory), False))
+    print(json.dumps(result), flush=True)
+
+
+def run_replicas(url: str, args: argparse.Namespace) -> dict[str, object]:
+    Store.open(database_path=Path(tempfile.gettempdir()) / "unused.db", database_url=url,
+               session_timeout_ms=Settings(_env_file=None).session_timeout).close()  # migrate once
+    command = [sys.executable, __file__, "--exchanges", str(args.exchanges), "--child-of", url,
+               "--replicas", str(args.replicas), "--conversations", args.conversations]
+    children = [subprocess.Popen([*command, "--replica", str(replica)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for replica in range(args.replicas)]
+    try:
+        for process in children:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        started = time.perf_counter()
+        for process in children:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = [json.loads(process.stdout.readline()) for process in children if process.stdout is not None]
+        elapsed = time.perf_counter() - started
+    finally:
+        for process in children:
+            if process.poll() is None:
+                process.kill()
+    return {"exchanges": args.exchanges, "replicas": args.replicas, "conversations": args.conversations,
+            "seconds": elapsed, "exchanges_per_s": args.exchanges / elapsed,
+            "per_replica_exchanges_per_s": [round(r["exchanges_per_s"]) for r in results],
+            "dropped": sum(r["dropped"] for r in results), "dead_lettered": sum(r["dead_lettered"] for r in results)}
 
 
 def main(argv: list[str]) -> None:
@@ -88,16 +145,26 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--exchanges", type=int, default=200_000)
     parser.add_argument("--server", default=SERVER, help="a database on the server to connect to first")
     parser.add_argument("--index", action="store_true", help="run the background search indexer meanwhile")
+    parser.add_argument("--replicas", type=int, default=1, help="recorders, each in a process of its own")
+    parser.add_argument("--conversations", choices=("shared", "split"), default="shared",
+                        help="with --replicas: every replica gets every conversation, or each keeps its own")
+    parser.add_argument("--child-of", help=argparse.SUPPRESS)
+    parser.add_argument("--replica", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    exchanges = build_records(args.exchanges)
+    if args.child_of:
+        child(args.child_of, share(build_records(args.exchanges), args.replica, args.replicas, args.conversations))
+        return
     name = f"chatledger_bench_{secrets.token_hex(4)}"
     base = args.server.rsplit("/", 1)[0]
     with psycopg.connect(args.server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
         try:
-            with tempfile.TemporaryDirectory(prefix="chatledger-writer-pg-") as directory:
-                result = asyncio.run(measure(f"{base}/{name}", exchanges, Path(directory),
-                                           args.index))
+            if args.replicas > 1:
+                result = run_replicas(f"{base}/{name}", args)
+            else:
+                with tempfile.TemporaryDirectory(prefix="chatledger-writer-pg-") as directory:
+                    result = asyncio.run(measure(f"{base}/{name}", build_records(args.exchanges),
+                                                 Path(directory), args.index))
             result["rows"] = count_rows(f"{base}/{name}")
         finally:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
