@@ -73,7 +73,7 @@ class PostgresSink:
 
     def shutdown(self) -> None:
         self._vacuumer.stop()
-        for thread in getattr(self, "_threads", ()):
+        for thread in self._threads:
             thread.shutdown()
         self.close()
 
