@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import struct
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -212,7 +213,7 @@ class Journal:
         At most `max_records`, and none more once `max_bytes` of frames are read (always one)."""
         entries: list[JournalEntry] = []
         position = start
-        room = max_bytes if max_bytes is not None else MAX_FRAME_BYTES * max_records
+        room = max_bytes if max_bytes is not None else sys.maxsize
         while len(entries) < max_records and room > 0 and position < stop:
             position, taken = self._read_segment(position, stop, max_records, room, entries)
             room -= taken

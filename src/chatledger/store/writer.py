@@ -46,8 +46,8 @@ Ack = Literal["journal", "commit"]
 # Backlog in memory past which journal-acked answers wait for their commit.
 LAG_RECORDS = 1024
 LAG_BYTES = 16 * 1024 * 1024
-# (sequence number, record, to be committed soon (an answer), where it sits in the journal)
-Item = tuple[int, Record, bool, tuple[Position, Position] | None]
+# (sequence number, record, to be committed soon (an answer), where it sits in the journal, its size)
+Item = tuple[int, Record, bool, tuple[Position, Position] | None, int]
 
 
 class TransientStoreError(Exception):
@@ -182,7 +182,7 @@ class Writer:
             self._pending_bytes += size
         self.stats.submitted += 1
         self._seq += 1
-        self._inbox.append((self._seq, record, urgent, span))
+        self._inbox.append((self._seq, record, urgent, span, size))
         if urgent or len(self._inbox) >= self._batch_size:
             self._wake_soon()
         elif self._flush_timer is None:
@@ -402,7 +402,7 @@ class Writer:
         room = self._batch_bytes
         for item in pending:
             batch.append(item)
-            room -= item[1].size()
+            room -= item[4]
             if len(batch) >= self._batch_size or room <= 0:
                 break
         return batch
@@ -499,7 +499,7 @@ class Writer:
             self._on_commit(sum(isinstance(record, ResponseRecord) for record in records))
         if not batch:
             return
-        size = sum(item[1].size() for item in batch)
+        size = sum(item[4] for item in batch)
         with self._lock:
             self._pending_bytes -= size
         self._thread_committed_seq = batch[-1][0]
