@@ -1,4 +1,5 @@
-"""Nothing lost: a SIGKILL under load, a store that cannot be written, a SIGTERM with a backlog."""
+"""Nothing lost: a SIGKILL under load, a store that cannot be written, a SIGTERM with a backlog; with the
+recorder in the gateway's process and in a process of its own (WRITER_PROCESS)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 
 from tests.conftest import client_for
 from tests.gateway_server import GatewayProcess
 
 # uvicorn re-raises SIGTERM after its graceful shutdown, so a clean stop may report the signal.
 CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+@pytest.fixture(params=[False, True], ids=["recorder-thread", "recorder-process"])
+def writer_process(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
+def _env(writer_process: bool, **values: str) -> dict[str, str]:
+    return {**values, "WRITER_PROCESS": "true" if writer_process else "false"}
 
 
 def _chat(url: str, content: str, stream: bool, http: httpx.Client) -> bool:
@@ -47,8 +58,8 @@ def _recorded_contents(db_path) -> set[str]:
     return set(_recorded(db_path))
 
 
-def test_sigkill_under_load_loses_no_answered_exchange(tmp_path):
-    gateway = GatewayProcess(tmp_path, {}).start()
+def test_sigkill_under_load_loses_no_answered_exchange(tmp_path, writer_process):
+    gateway = GatewayProcess(tmp_path, _env(writer_process)).start()
     answered: list[str] = []
     enough = threading.Event()
     lock = threading.Lock()
@@ -78,7 +89,7 @@ def test_sigkill_under_load_loses_no_answered_exchange(tmp_path):
     assert len(received) >= 400
     # The restarted gateway opens the same files: what its journal holds beyond the last commit (answers
     # that went out before their rows were committed) is written before anything new, and only once.
-    restarted = GatewayProcess(tmp_path, {}, port=gateway.port).start()
+    restarted = GatewayProcess(tmp_path, _env(writer_process), port=gateway.port).start()
     try:
         with httpx.Client(timeout=10) as http:
             assert _chat(restarted.url, "after restart", stream=False, http=http)
@@ -96,8 +107,8 @@ def _hold_write_lock(db_path) -> sqlite3.Connection:
     return blocker
 
 
-def test_unwritable_store_keeps_answering_and_catches_up(make_gateway):
-    gateway = make_gateway(writer_ack_timeout_ms=200, sqlite_busy_timeout_ms=100)
+def test_unwritable_store_keeps_answering_and_catches_up(make_gateway, writer_process):
+    gateway = make_gateway(writer_ack_timeout_ms=200, sqlite_busy_timeout_ms=100, writer_process=writer_process)
     client = client_for(gateway)
     client.chat.completions.create(model="mock-1", messages=[{"role": "user", "content": "before"}])
     assert gateway.count("responses") == 1
@@ -131,8 +142,9 @@ def test_unwritable_store_keeps_answering_and_catches_up(make_gateway):
     assert _recorded_contents(gateway.db_path) == {"before", *(f"locked {i}" for i in range(20))}
 
 
-def test_sigterm_drains_the_backlog_before_exit(tmp_path):
-    gateway = GatewayProcess(tmp_path, {"WRITER_ACK_TIMEOUT_MS": "100", "SQLITE_BUSY_TIMEOUT_MS": "50"}).start()
+def test_sigterm_drains_the_backlog_before_exit(tmp_path, writer_process):
+    gateway = GatewayProcess(tmp_path, _env(writer_process, WRITER_ACK_TIMEOUT_MS="100",
+                                            SQLITE_BUSY_TIMEOUT_MS="50")).start()
     with httpx.Client(timeout=10) as http:
         assert _chat(gateway.url, "warm-up", stream=False, http=http)
         blocker = _hold_write_lock(gateway.db_path)

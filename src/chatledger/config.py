@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # synchronous=FULL (a journal write is not fsynced) and PostgreSQL (a replica's local disk may
     # not outlive it).
     writer_ack: Literal["auto", "journal", "commit"] = "auto"
+    # Run the recorder (the writer, the search indexer) in a process of its own, fed by the journal:
+    # its Python no longer shares the event loop's GIL, so with a core to spare both run in parallel.
+    writer_process: bool = False
     # PostgreSQL: how many connections each replica's recorder writes a batch on at once (split by
     # conversation). One backend leaves a core mostly idle; two write about twice as fast.
     writer_pg_connections: int = Field(default=2, ge=1, le=16)

@@ -77,7 +77,5 @@ def delete_session(request: Request, reader: ReaderDep, session_id: str) -> dict
     gone = reader.delete_session(session_id)
     if gone is None:
         raise session_not_found(session_id)
-    indexer = request.app.state.gateway.search_indexer
-    if indexer is not None:
-        indexer.forget(gone)  # searches join the ledger, so they show none of them from now on
+    request.app.state.gateway.forget_from_search(gone)  # searches join the ledger: they show none already
     return {"id": session_id, "deleted": True}

@@ -13,6 +13,7 @@ from chatledger.errors import GatewayError, InvalidRequest
 from chatledger.gateway.access import check_admin
 from chatledger.gateway.asgi import Receive, Scope, Send, client_host, read_body, send_error, send_json
 from chatledger.providers.mock import MOCK_MODELS
+from chatledger.store.recorder_client import RecorderProcess
 from chatledger.store.settings_store import ACTIVE_PROVIDER, set_setting
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ async def health(app: ChatLedgerApp, scope: Scope, receive: Receive, send: Send)
     if indexer is not None:
         backlog = await asyncio.to_thread(indexer.backlog)
         store["search"] = {"indexed": indexer.indexed, "backlog": backlog, "last_error": indexer.last_error}
+    elif isinstance(writer, RecorderProcess) and writer.search is not None:
+        store["search"] = writer.search  # as the recorder process last reported it
     status = "ok" if writer is None or writer.healthy else "degraded"
     await send_json(send, 200, {"status": status, "store": store, "active_provider": app.router.active_provider})
 

@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from chatledger.api import build_query_api
 from chatledger.config import GatewayConfig, Settings, load_gateway_config
@@ -23,6 +25,7 @@ from chatledger.providers import Provider, build_provider
 from chatledger.routing import Router
 from chatledger.store import Store
 from chatledger.store.journal import Journal, Slot, claim_slot
+from chatledger.store.recorder_client import Recorder, RecorderProcess
 from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.settings_store import ACTIVE_PROVIDER, get_setting
 from chatledger.store.writer import Writer, replay_orphaned_journals
@@ -45,7 +48,7 @@ class ChatLedgerApp:
             for name, provider in self.config.providers.items()}
         self.router = Router(self.config, self.providers)
         self.store: Store | None = None
-        self.writer: Writer | None = None
+        self.writer: Recorder | None = None
         self.search_indexer: SearchIndexer | None = None
         self.journal_slot: Slot | None = None
         self.started_at = time.time()
@@ -110,7 +113,8 @@ class ChatLedgerApp:
                 Store.open, database_path=settings.database_path, database_url=settings.database_url,
                 session_timeout_ms=settings.session_timeout, synchronous=settings.sqlite_synchronous,
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-            await self._start_search_indexer(self.store)
+            if not settings.writer_process:  # else the recorder process runs it
+                await self._start_search_indexer(self.store)
             self.writer = await self._start_recorder(self.store)
             self.proxy.writer = self.writer
             await self.refresh_settings()
@@ -127,7 +131,7 @@ class ChatLedgerApp:
             self.search_indexer = SearchIndexer(backend)
             self.search_indexer.start()
 
-    async def _start_recorder(self, store: Store) -> Writer:
+    async def _start_recorder(self, store: Store) -> Recorder:
         """The writer, its journal slot (after writing what journals of gone processes still hold)."""
         settings = self.settings
         # Local files, one set per replica, beside the SQLite file (or where it would be).
@@ -138,6 +142,11 @@ class ChatLedgerApp:
         self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
         await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)
         journal = await asyncio.to_thread(Journal, self.journal_slot.directory)
+        if settings.writer_process:
+            recorder = RecorderProcess(journal, self.journal_slot, self._recorder_spec(store, dead_letter_path),
+                                       ack=settings.recorder_ack())
+            await recorder.start()
+            return recorder
         writer = Writer(sink_factory, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
                         max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
                         dead_letter_path=dead_letter_path, journal=journal, ack=settings.recorder_ack(),
@@ -145,6 +154,24 @@ class ChatLedgerApp:
                         niceness=settings.writer_niceness)
         writer.start()
         return writer
+
+    def _recorder_spec(self, store: Store, dead_letter_path: Path) -> dict[str, Any]:
+        """What the recorder process needs to write as this process's writer would."""
+        settings = self.settings
+        assert self.journal_slot is not None
+        return {"database_path": str(settings.database_path.resolve()), "database_url": settings.database_url,
+                "session_timeout_ms": settings.session_timeout, "synchronous": settings.sqlite_synchronous,
+                "busy_timeout_ms": settings.sqlite_busy_timeout_ms, "batch_size": settings.writer_batch_size,
+                "pg_connections": settings.writer_pg_connections, "niceness": settings.writer_niceness,
+                "journal": str(self.journal_slot.directory.resolve()), "log_level": settings.log_level,
+                "dead_letter_path": str(dead_letter_path.resolve()), "config": self.config.model_dump(mode="json")}
+
+    def forget_from_search(self, response_ids: list[int]) -> None:
+        """Deleted responses leave the search index (searches join the ledger: this is tidying)."""
+        if self.search_indexer is not None:
+            self.search_indexer.forget(response_ids)
+        elif isinstance(self.writer, RecorderProcess):
+            self.writer.forget(response_ids)
 
     async def shutdown(self) -> None:
         for task in self._background:

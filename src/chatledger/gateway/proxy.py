@@ -21,8 +21,8 @@ from chatledger.providers import Endpoint, ProviderCall, UpstreamRequest
 from chatledger.routing import Router
 from chatledger.sessions import api_key_fingerprint, first_user_text
 from chatledger.sse import DONE, EventSplitter, is_usage_only_chunk
+from chatledger.store.recorder_client import Recorder
 from chatledger.store.records import RequestRecord, ResponseRecord
-from chatledger.store.writer import Writer
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
@@ -33,7 +33,7 @@ REQUIRED_FIELD = {"chat": "messages", "completions": "prompt", "embeddings": "in
 @dataclass(slots=True)
 class ProxyContext:
     router: Router
-    writer: Writer | None
+    writer: Recorder | None
     max_body_size: int
     ack_timeout: float
 

@@ -137,25 +137,38 @@ class Journal:
     """One slot's journal. `append` is called on the event loop (under the writer's lock); `read`,
     `committed` and friends on the recorder thread."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES,
+                 follow: Position | None = None) -> None:
+        """`follow`: open the journal for reading only, in the recorder process, while the gateway's
+        process appends to it; records before that position may be committed already (see
+        `replay_before`)."""
         self.directory = directory
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()  # the segment list, shared by append (rotation) and cleanup
         directory.mkdir(parents=True, exist_ok=True)
         self._segments = _segments(directory)
         self._progress_fd: int | None = None  # the recorder thread's, kept open: one pwrite per commit
-        progress = self._read_progress()
+        progress = self.read_progress()
         oldest = (self._segments[0], 0) if self._segments else (1, 0)
         # Records before the progress point are committed; a progress file from before the oldest
         # segment still here (they were all committed and deleted) means: start at the oldest.
         self.committed_through = max(progress, oldest) if progress is not None else oldest
+        self.broken: str | None = None
+        if follow is not None:
+            # Everything before `follow` may have been committed by a recorder that is gone.
+            self.replay_before: Position = follow
+            self.first_own_segment = follow[0]
+            self._fd: int | None = None
+            self._current, self._size = self.committed_through
+            self.end: Position = self.committed_through  # moved by the appending process's notes
+            return
         # This process writes into a segment of its own: whatever a crash left torn stays behind.
         self.first_own_segment = (self._segments[-1] + 1) if self._segments else 1
+        self.replay_before = (self.first_own_segment, 0)
         self._current = self.first_own_segment
         self._fd = self._open_segment(self._current)
         self._size = 0
-        self.broken: str | None = None
-        self.end: Position = (self._current, 0)  # just past the last record appended
+        self.end = (self._current, 0)  # just past the last record appended
 
     def _open_segment(self, number: int) -> int:
         fd = os.open(self.directory / _segment_name(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -180,7 +193,7 @@ class Journal:
 
     def append(self, record: Record) -> tuple[Position, Position] | None:
         """Write the record; returns where it starts and ends (None: the journal cannot be written)."""
-        if self.broken is not None:
+        if self.broken is not None or self._fd is None:
             return None
         frame = encode(record)
         try:
@@ -201,6 +214,7 @@ class Journal:
 
     def _rotate(self) -> None:
         fd = self._open_segment(self._current + 1)
+        assert self._fd is not None
         os.close(self._fd)
         self._fd, self._current, self._size = fd, self._current + 1, 0
 
@@ -254,7 +268,16 @@ class Journal:
     def _next_segment(self, segment: int) -> int | None:
         with self._lock:
             later = [n for n in self._segments if n > segment]
+            if not later and self._fd is None:  # following: the appending process may have rotated
+                self._segments = sorted(set(self._segments) | set(_segments(self.directory)))
+                later = [n for n in self._segments if n > segment]
         return later[0] if later else None
+
+    def last_segment(self) -> int:
+        """The newest segment on disk (following: the appending process may have started more)."""
+        with self._lock:
+            self._segments = sorted(set(self._segments) | set(_segments(self.directory)))
+            return self._segments[-1] if self._segments else self.committed_through[0]
 
     def committed(self, position: Position) -> None:
         """Everything before `position` is in the store: note it, drop the segments it has passed."""
@@ -278,7 +301,8 @@ class Journal:
             log.warning("journal %s: progress not saved (%s); a restart replays more, duplicates are skipped",
                         self.directory, exc)
 
-    def _read_progress(self) -> Position | None:
+    def read_progress(self) -> Position | None:
+        """The position the progress file holds (None: no file, or unreadable)."""
         try:
             segment, offset = (self.directory / "progress").read_text().split()
             return int(segment), int(offset)
@@ -286,8 +310,9 @@ class Journal:
             return None
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
         if self._progress_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._progress_fd)
@@ -295,7 +320,7 @@ class Journal:
         with self._lock:
             own_empty = [n for n in self._segments if n >= self.first_own_segment]
         # A clean stop with everything committed leaves an empty directory behind, not empty files.
-        if self.committed_through >= self.end:
+        if self._fd is not None and self.committed_through >= self.end:
             for number in own_empty:
                 path = self.directory / _segment_name(number)
                 with contextlib.suppress(FileNotFoundError):
@@ -312,6 +337,11 @@ class Slot:
     def __init__(self, directory: Path, fd: int) -> None:
         self.directory = directory
         self._fd = fd
+
+    @property
+    def fd(self) -> int:
+        """The locked descriptor: a recorder process handed it holds the slot too, as long as it runs."""
+        return self._fd
 
     def release(self) -> None:
         with contextlib.suppress(OSError):

@@ -91,7 +91,9 @@ class Writer:
         ack: Ack = "commit",
         max_lag: int | None = None,
         on_commit: Callable[[int], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
         niceness: int = 0,
+        follow: bool = False,
     ) -> None:
         if ack == "journal" and journal is None:
             raise ValueError("ack='journal' needs a journal")
@@ -113,6 +115,14 @@ class Writer:
         # Called from the writer thread after each commit with the number of responses it held.
         self._on_commit = on_commit
         self._niceness = niceness
+        # Called from the writer thread after each commit and each failed write (the recorder process
+        # reports its state to the gateway's).
+        self._on_progress = on_progress
+        # Follow a journal another process appends to (`Journal(follow=...)`), moved on by `follow_to`:
+        # every record comes from the journal, none through memory.
+        self._follow = follow
+        if follow and journal is None:
+            raise ValueError("follow=True needs a journal")
         self._inbox: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
         self._stop_requested = False
@@ -151,7 +161,10 @@ class Writer:
         self._loop_thread = threading.get_ident()
         sink = self._sink_factory()  # open in the caller so a bad path fails start-up loudly
         journal = self._journal
-        if journal is not None:
+        if journal is not None and self._follow:
+            self._position = journal.committed_through
+            self._overflowing = True
+        elif journal is not None:
             if journal.has_backlog:
                 # An earlier run's records come first: until they are in, new ones queue behind them.
                 self._position = journal.committed_through
@@ -165,6 +178,15 @@ class Writer:
         self._thread.start()
         if self._overflowing:
             self._wake.set()
+
+    def follow_to(self, end: Position) -> None:
+        """(follow mode; any thread) The appending process has written records up to `end`."""
+        journal = self._journal
+        assert self._follow and journal is not None
+        with self._lock:
+            if end > journal.end:
+                journal.end = end
+        self._wake.set()
 
     def submit(self, record: Record, *, urgent: bool = False) -> int:
         """Queue a record; returns its sequence number (0 if it is kept in the journal only, or dropped).
@@ -355,6 +377,11 @@ class Writer:
             urgent += self._drain(pending)
             if not backlog and not pending and self._overflowing:
                 backlog, backlog_next = self._read_journal()
+                if not backlog and self._follow:
+                    if self._stop_requested:
+                        break
+                    housekeeping_in = self._sleep(sink, housekeeping_in)  # until follow_to
+                    continue
                 if not backlog:
                     continue  # caught up with the journal (or it moved on): look again
             if backlog:
@@ -426,10 +453,15 @@ class Writer:
         entries, reached = journal.read(self._position, stop, self._batch_size, self._batch_bytes)
         if entries:
             for entry in entries:
-                if entry.start[0] < journal.first_own_segment:
+                if entry.start < journal.replay_before:
                     entry.record.replayed = True
-            self.stats.replayed += sum(entry.start[0] < journal.first_own_segment for entry in entries)
+            self.stats.replayed += sum(entry.start < journal.replay_before for entry in entries)
             return entries, entries[-1].end
+        if self._follow:
+            if reached != self._position:  # past a torn end, or into the next segment
+                self._position = reached
+                journal.committed(reached)
+            return [], None
         self._position = reached
         with self._lock:
             if reached >= journal.end:
@@ -482,6 +514,8 @@ class Writer:
                 self._loop.call_soon_threadsafe(self._release_waiters)
         self.healthy = False
         self.last_error = message
+        if self._on_progress is not None:
+            self._on_progress()
 
     def _note_success(self, records: list[Record], batch: list[Item], through: Position | None) -> None:
         """`batch`: the memory items committed (none for records read back from the journal);
@@ -497,6 +531,8 @@ class Writer:
             self._journal.committed(through)
         if self._on_commit is not None:
             self._on_commit(sum(isinstance(record, ResponseRecord) for record in records))
+        if self._on_progress is not None:
+            self._on_progress()
         if not batch:
             return
         size = sum(item[4] for item in batch)
