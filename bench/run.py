@@ -236,6 +236,34 @@ def phase_workers(bench: Bench) -> None:
     bench.log("workers: " + ", ".join(f"{w}: {rate(sorted(r)[len(r) // 2])} req/s" for w, r in rps.items()))
 
 
+RECORDER_LAYOUTS = (("thread", GATEWAY_CPUS), ("process", GATEWAY_CPUS), ("thread", f"{GATEWAY_CPUS},{LOAD_CPUS}"),
+                    ("process", f"{GATEWAY_CPUS},{LOAD_CPUS}"))
+
+
+def phase_recorder(bench: Bench) -> None:
+    """The recorder as a thread of the gateway's process or as a process of its own (WRITER_PROCESS),
+    with the gateway on one core and on both (shared with wrk and the upstream)."""
+    gateways = {(kind, cpus): procs.start_gateway(
+        bench.processes, bench.tmp / f"recorder-{kind}-{cpus.replace(',', '-')}", bench.upstream_port, cpus=cpus,
+        extra_env={"WRITER_PROCESS": "true" if kind == "process" else "false"}) for kind, cpus in RECORDER_LAYOUTS}
+    ledgers = {layout: Ledger() for layout in gateways}
+    rps: dict[tuple[str, str], list[float]] = {layout: [] for layout in gateways}
+    for layout, gateway in gateways.items():
+        ledgers[layout].add(measure.wrk(gateway.port, bench.files["small"], CONNECTIONS, 1))
+    started = time.monotonic()
+    for index in range(bench.sizes.rounds):
+        for layout in RECORDER_LAYOUTS if index % 2 == 0 else RECORDER_LAYOUTS[::-1]:
+            result = measure.wrk(gateways[layout].port, bench.files["small"], CONNECTIONS, bench.sizes.seconds)
+            ledgers[layout].add(result)
+            rps[layout].append(result["rps"])
+    others = bench.foreign.mean_since(started)
+    bench.results["recorder"] = {layout: {"rps": rps[layout], "others": others,
+                                          **stop_and_count(bench, gateways[layout], ledgers[layout])}
+                                 for layout in gateways}
+    bench.log("recorder: " + ", ".join(f"{kind} on {cpus}: {rate(sorted(r)[len(r) // 2])} req/s"
+                                       for (kind, cpus), r in rps.items()))
+
+
 def phase_unrecorded(bench: Bench) -> None:
     """For reference, not a goal: the same gateway with recording off (ENABLE_PERSISTENCE=false), small
     body, saturated and sequential, to split the overhead between proxying and recording."""
@@ -280,6 +308,7 @@ def run_phases(bench: Bench) -> None:
     bench.log(f"main gateway stopped: answered {bench.ledger.answered}, rows {bench.results['main']['requests']}")
     phase_counted(bench)
     phase_workers(bench)
+    phase_recorder(bench)
     phase_unrecorded(bench)
     phase_writer(bench)
 
@@ -450,6 +479,20 @@ def workers_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def recorder_table(results: dict[str, Any]) -> Table:
+    table = Table("The recorder: a thread of the gateway or a process of its own (WRITER_PROCESS), wrk, small, "
+                  "32 connections", ["recorder", "gateway cores", "req/s (median)", "rounds", "rows = answers",
+                                     "peak RSS (all processes)", "others' CPU"])
+    for (kind, cpus), result in results["recorder"].items():
+        table.rows.append([kind, cpus, rate(sorted(result["rps"])[len(result["rps"]) // 2]),
+                           ", ".join(rate(r) for r in result["rps"]), rows_verdict(result),
+                           f"{result['peak_rss_mb']:.0f} MB", cores(result["others"])])
+    table.notes.append("WRITER_PROCESS=auto (the default) picks the process when the gateway may use two cores or "
+                       "more, the thread on one: the tables above ran on one core, with the thread; the `--workers` "
+                       "table on two, with a process per worker.")
+    return table
+
+
 def goals(results: dict[str, Any]) -> list[Goal]:
     speed = results["hello"]["rps"] / REFERENCE_HELLO_RPS  # below 1: a slower machine than the reference
 
@@ -504,10 +547,11 @@ def render(results: dict[str, Any], sizes: Sizes, command: str, elapsed: float) 
     mean, peak = results["foreign"]
     preamble += [f"| other processes' CPU during the run | {mean:.2f} cores on average, {peak:.2f} at most "
                  f"(sampled each second; the tables show it per cell, (!) above {DISTURBED_CORES}) |"]
-    preamble += ["", f"Layout: gateway `taskset -c {GATEWAY_CPUS}`, 1 worker, recording to SQLite; fake upstream "
+    preamble += ["", f"Layout: gateway `taskset -c {GATEWAY_CPUS}`, 1 worker, recording to SQLite (the default "
+                 "WRITER_PROCESS=auto: on one core, the recorder thread); fake upstream "
                  f"and load generators `taskset -c {LOAD_CPUS}`. Bodies: {body_sizes()}."]
     tables = [throughput_table(results), latency_table(results), streaming_table(results), rows_table(results),
-              resources_table(results), workers_table(results), unrecorded_table(results)]
+              resources_table(results), workers_table(results), recorder_table(results), unrecorded_table(results)]
     return render_all(preamble, tables, goals(results))
 
 

@@ -25,6 +25,7 @@ from chatledger.config import Settings
 from chatledger.ids import uuid7
 from chatledger.store import Store
 from chatledger.store.journal import Journal
+from chatledger.store.recorder_client import RecorderProcess
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.writer import Writer
 
@@ -68,7 +69,8 @@ def build_records(count: int, sessions: int = SESSIONS) -> list[tuple[RequestRec
     return exchanges
 
 
-async def feed(writer: Writer, exchanges: list[tuple[RequestRecord, ResponseRecord]], window: int) -> None:
+async def feed(writer: Writer | RecorderProcess, exchanges: list[tuple[RequestRecord, ResponseRecord]],
+               window: int) -> None:
     """Submit everything, never more than `window` records ahead of the commits (the writer drops
     records beyond its byte budget, as the gateway would under a store that cannot keep up)."""
     for index, (request, response) in enumerate(exchanges):

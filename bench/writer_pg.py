@@ -36,12 +36,40 @@ from writer import SESSIONS, build_records, feed  # bench/writer.py: the same re
 
 from chatledger.config import Settings
 from chatledger.store import Store
-from chatledger.store.journal import Journal
+from chatledger.store.journal import Journal, claim_slot
+from chatledger.store.recorder_client import RecorderProcess, recorder_spec
 from chatledger.store.records import RequestRecord, ResponseRecord
 from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.writer import Writer
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+async def measure_process(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]],
+                          workdir: Path) -> dict[str, object]:
+    """The same, through the recorder process (WRITER_PROCESS=true): this process only journals the
+    records, as the gateway's event loop would; the clock stops when the process has drained."""
+    settings = Settings(_env_file=None, database_url=url, database_path=workdir / "unused.db")
+    Store.open(database_path=settings.database_path, database_url=url,
+               session_timeout_ms=settings.session_timeout).close()  # migrated, as the gateway's start does
+    slot = claim_slot(workdir / "journal")
+    spec = recorder_spec(settings, slot.directory, workdir / "deadletter.jsonl", None)
+    spec["search_indexer"] = False  # the recorder alone, as in-process without --index
+    recorder = RecorderProcess(Journal(slot.directory), slot, spec, ack="journal")
+    await recorder.start()
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    await feed(recorder, exchanges, window=50_000)
+    fed = time.perf_counter()
+    await asyncio.to_thread(recorder.close, 600.0)
+    elapsed = time.perf_counter() - started
+    slot.release()
+    stats = recorder.stats
+    return {"exchanges": len(exchanges), "recorder": "process", "connections": settings.writer_pg_connections,
+            "batch_size": settings.writer_batch_size, "seconds": elapsed, "feed_seconds": fed - started,
+            "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
+            "batches": stats.batches, "dropped": stats.dropped, "dead_lettered": stats.dead_lettered,
+            "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
 
 
 async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]], workdir: Path,
@@ -145,6 +173,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--exchanges", type=int, default=200_000)
     parser.add_argument("--server", default=SERVER, help="a database on the server to connect to first")
     parser.add_argument("--index", action="store_true", help="run the background search indexer meanwhile")
+    parser.add_argument("--process", action="store_true",
+                        help="through the recorder process (WRITER_PROCESS=true): this process only journals")
     parser.add_argument("--replicas", type=int, default=1, help="recorders, each in a process of its own")
     parser.add_argument("--conversations", choices=("shared", "split"), default="shared",
                         help="with --replicas: every replica gets every conversation, or each keeps its own")
@@ -163,8 +193,10 @@ def main(argv: list[str]) -> None:
                 result = run_replicas(f"{base}/{name}", args)
             else:
                 with tempfile.TemporaryDirectory(prefix="chatledger-writer-pg-") as directory:
-                    result = asyncio.run(measure(f"{base}/{name}", build_records(args.exchanges),
-                                                 Path(directory), args.index))
+                    exchanges = build_records(args.exchanges)
+                    result = asyncio.run(measure_process(f"{base}/{name}", exchanges, Path(directory))
+                                         if args.process else
+                                         measure(f"{base}/{name}", exchanges, Path(directory), args.index))
             result["rows"] = count_rows(f"{base}/{name}")
         finally:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -29,6 +29,8 @@ def make_settings(tmp_path: Path, **values: Any) -> Settings:
     values.setdefault("database_path", tmp_path / "data" / "chatledger.db")
     values.setdefault("port", free_port())
     values.setdefault("log_level", "warning")
+    # The recorder thread unless a test asks: gateways start faster (the process has its own tests).
+    values.setdefault("writer_process", False)
     return Settings(_env_file=None, **values)
 
 

@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     writer_ack: Literal["auto", "journal", "commit"] = "auto"
     # Run the recorder (the writer, the search indexer) in a process of its own, fed by the journal:
     # its Python no longer shares the event loop's GIL, so with a core to spare both run in parallel.
-    writer_process: bool = False
+    # `auto`: a process when this one may run on two cores or more, else a thread of this process
+    # (on one core the process costs a little more: docs/benchmarks.md).
+    writer_process: bool | Literal["auto"] = "auto"
     # PostgreSQL: how many connections each replica's recorder writes a batch on at once (split by
     # conversation). One backend leaves a core mostly idle; two write about twice as fast.
     writer_pg_connections: int = Field(default=2, ge=1, le=16)
@@ -81,6 +83,11 @@ class Settings(BaseSettings):
     dashscope_base_url: str | None = None
     anthropic_api_key: SecretStr | None = None
     anthropic_base_url: str | None = None
+
+    def recorder_in_own_process(self) -> bool:
+        if self.writer_process != "auto":
+            return self.writer_process
+        return len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) >= 2
 
     def recorder_ack(self) -> Literal["journal", "commit"]:
         if self.writer_ack != "auto":

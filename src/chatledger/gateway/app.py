@@ -11,8 +11,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 from chatledger.api import build_query_api
 from chatledger.config import GatewayConfig, Settings, load_gateway_config
@@ -25,7 +23,7 @@ from chatledger.providers import Provider, build_provider
 from chatledger.routing import Router
 from chatledger.store import Store
 from chatledger.store.journal import Journal, Slot, claim_slot
-from chatledger.store.recorder_client import Recorder, RecorderProcess
+from chatledger.store.recorder_client import Recorder, RecorderProcess, recorder_spec
 from chatledger.store.search_indexer import SearchIndexer
 from chatledger.store.settings_store import ACTIVE_PROVIDER, get_setting
 from chatledger.store.writer import Writer, replay_orphaned_journals
@@ -113,7 +111,7 @@ class ChatLedgerApp:
                 Store.open, database_path=settings.database_path, database_url=settings.database_url,
                 session_timeout_ms=settings.session_timeout, synchronous=settings.sqlite_synchronous,
                 busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-            if not settings.writer_process:  # else the recorder process runs it
+            if not settings.recorder_in_own_process():  # else the recorder process runs it
                 await self._start_search_indexer(self.store)
             self.writer = await self._start_recorder(self.store)
             self.proxy.writer = self.writer
@@ -142,9 +140,9 @@ class ChatLedgerApp:
         self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
         await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)
         journal = await asyncio.to_thread(Journal, self.journal_slot.directory)
-        if settings.writer_process:
-            recorder = RecorderProcess(journal, self.journal_slot, self._recorder_spec(store, dead_letter_path),
-                                       ack=settings.recorder_ack())
+        if settings.recorder_in_own_process():
+            spec = recorder_spec(settings, self.journal_slot.directory, dead_letter_path, self.config)
+            recorder = RecorderProcess(journal, self.journal_slot, spec, ack=settings.recorder_ack())
             await recorder.start()
             return recorder
         writer = Writer(sink_factory, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
@@ -154,17 +152,6 @@ class ChatLedgerApp:
                         niceness=settings.writer_niceness)
         writer.start()
         return writer
-
-    def _recorder_spec(self, store: Store, dead_letter_path: Path) -> dict[str, Any]:
-        """What the recorder process needs to write as this process's writer would."""
-        settings = self.settings
-        assert self.journal_slot is not None
-        return {"database_path": str(settings.database_path.resolve()), "database_url": settings.database_url,
-                "session_timeout_ms": settings.session_timeout, "synchronous": settings.sqlite_synchronous,
-                "busy_timeout_ms": settings.sqlite_busy_timeout_ms, "batch_size": settings.writer_batch_size,
-                "pg_connections": settings.writer_pg_connections, "niceness": settings.writer_niceness,
-                "journal": str(self.journal_slot.directory.resolve()), "log_level": settings.log_level,
-                "dead_letter_path": str(dead_letter_path.resolve()), "config": self.config.model_dump(mode="json")}
 
     def forget_from_search(self, response_ids: list[int]) -> None:
         """Deleted responses leave the search index (searches join the ledger: this is tidying)."""

@@ -19,10 +19,12 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from chatledger.config import GatewayConfig, Settings
 from chatledger.store.journal import Journal, Position, Slot
 from chatledger.store.records import Record
 from chatledger.store.writer import LAG_BYTES, LAG_RECORDS, Ack, Writer, WriterStats
@@ -31,6 +33,20 @@ log = logging.getLogger("chatledger.writer")
 
 RESTART_BACKOFF_S = (0.2, 10.0)
 FORGET_CHUNK = 1000
+CHECKPOINTS = 8192
+
+
+def recorder_spec(settings: Settings, journal_directory: Path, dead_letter_path: Path,
+                  config: GatewayConfig | None) -> dict[str, Any]:
+    """What the recorder process needs to write as the gateway's own writer would (`config`: for the
+    prices; None records no cost)."""
+    return {"database_path": str(settings.database_path.resolve()), "database_url": settings.database_url,
+            "session_timeout_ms": settings.session_timeout, "synchronous": settings.sqlite_synchronous,
+            "busy_timeout_ms": settings.sqlite_busy_timeout_ms, "batch_size": settings.writer_batch_size,
+            "pg_connections": settings.writer_pg_connections, "niceness": settings.writer_niceness,
+            "journal": str(journal_directory.resolve()), "log_level": settings.log_level,
+            "dead_letter_path": str(dead_letter_path.resolve()),
+            "config": config.model_dump(mode="json") if config is not None else None}
 
 
 class RecorderProcess:
@@ -53,9 +69,13 @@ class RecorderProcess:
         self._announce_scheduled = False
         self._announced: Position = (0, 0)
         self._through: Position = journal.committed_through
-        # (end of the record in the journal, its size) for each record not known committed, in order.
-        self._unacked: collections.deque[tuple[Position, int]] = collections.deque()
-        self._unacked_bytes = 0
+        # (journal end, records and bytes submitted by then), once per loop iteration that journaled
+        # something, until the commits pass it: what the lag is, without an entry per record (a store
+        # down for an hour would otherwise cost memory per exchange). Thinned out past CHECKPOINTS.
+        self._checkpoints: collections.deque[tuple[Position, int, int]] = collections.deque()
+        self._submitted_bytes = 0
+        self._committed_count = 0  # records and bytes known committed, as of the last checkpoint passed
+        self._committed_bytes = 0
         self._waiters: collections.deque[tuple[Position, asyncio.Future[bool], float]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._base = WriterStats()  # what earlier processes had counted
@@ -146,9 +166,9 @@ class RecorderProcess:
         was_healthy = self.healthy
         self.healthy, self.last_error = status["healthy"], status["last_error"]
         self.search = status.get("search")
-        unacked = self._unacked
-        while unacked and unacked[0][0] <= self._through:
-            self._unacked_bytes -= unacked.popleft()[1]
+        checkpoints = self._checkpoints
+        while checkpoints and checkpoints[0][0] <= self._through:
+            _, self._committed_count, self._committed_bytes = checkpoints.popleft()
         waiters = self._waiters
         while waiters and waiters[0][0] <= self._through:
             _, future, _ = waiters.popleft()
@@ -190,9 +210,7 @@ class RecorderProcess:
                 log.error("the journal %s cannot be written (%s), so the recorder process cannot get records: "
                           "%d dropped so far", self._journal.directory, self._journal.broken, self.stats.dropped)
             return 0
-        size = record.size()
-        self._unacked.append((span[1], size))
-        self._unacked_bytes += size
+        self._submitted_bytes += record.size()
         if not self._announce_scheduled:
             self._announce_scheduled = True
             assert self._loop is not None
@@ -202,6 +220,11 @@ class RecorderProcess:
     def _announce(self) -> None:
         self._announce_scheduled = False
         end = self._journal.end
+        checkpoints = self._checkpoints
+        if not checkpoints or checkpoints[-1][0] < end:
+            checkpoints.append((end, self.stats.submitted - self.stats.dropped, self._submitted_bytes))
+            if len(checkpoints) > CHECKPOINTS:  # keep every other one: the lag only looks coarser
+                self._checkpoints = collections.deque([*list(checkpoints)[-2::-2][::-1], checkpoints[-1]])
         if self._stdin is None or end <= self._announced:
             return
         self._announced = end
@@ -231,14 +254,15 @@ class RecorderProcess:
 
     @property
     def lag(self) -> int:
-        """Records journaled and not known to be committed."""
-        return len(self._unacked)
+        """Records journaled and not known to be committed (at most a loop iteration's worth more)."""
+        return self.stats.submitted - self.stats.dropped - self._committed_count
 
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
         """As Writer.submit_and_wait: True once the record is durable (journaled, or committed)."""
         if not self.submit(record):
             return False
-        if self._ack == "journal" and self.lag <= self._max_lag and self._unacked_bytes <= LAG_BYTES:
+        if (self._ack == "journal" and self.lag <= self._max_lag
+                and self._submitted_bytes - self._committed_bytes <= LAG_BYTES):
             return True
         return await self._wait_for(self._journal.end, timeout) or True
 

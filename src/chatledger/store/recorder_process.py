@@ -93,12 +93,12 @@ async def run(spec: dict[str, Any]) -> None:
     store = Store.open(database_path=Path(spec["database_path"]), database_url=spec.get("database_url"),
                        session_timeout_ms=spec["session_timeout_ms"], synchronous=spec["synchronous"],
                        busy_timeout_ms=spec["busy_timeout_ms"], run_migrations=False)
-    backend = store.search_backend()
+    backend = store.search_backend() if spec.get("search_indexer", True) else None
     indexer = SearchIndexer(backend) if backend is not None else None
     if indexer is not None:
         indexer.start()
     journal = Journal(Path(spec["journal"]), follow=tuple(spec["replay_before"]))  # type: ignore[arg-type]
-    pricer = Pricer(GatewayConfig.model_validate(spec["config"]))
+    pricer = Pricer(GatewayConfig.model_validate(spec["config"])) if spec.get("config") is not None else None
     reporter: Reporter | None = None
     writer = Writer(partial(store.sink, pricer, connections=spec["pg_connections"]),
                     batch_size=spec["batch_size"], dead_letter_path=Path(spec["dead_letter_path"]),
