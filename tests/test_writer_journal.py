@@ -303,3 +303,34 @@ def test_answers_wait_for_their_commit_once_the_recorder_falls_behind(tmp_path):
     early, held_back, answered = asyncio.run(run())
     assert early == [True, True] and held_back and answered
     assert sorted(held.written) == ["r00000", "r00001", "r00002"]
+
+
+def test_a_follower_reads_what_another_journal_appends_across_segments_and_rechecks_before_a_position(tmp_path):
+    """The recorder process's reading: it follows the gateway's appends (`follow_to`) into new segments,
+    marks as replayed the records before `follow` (a dead process may have written them), notes its
+    progress, and deletes the segments it has passed."""
+    appender = Journal(tmp_path / "journal", segment_bytes=2048)
+    spans = [appender.append(_record(index)) for index in range(100)]
+    assert all(spans) and appender.end[0] >= 4  # several segments
+    sink = FlakySink()
+    restart_at = spans[39][1]  # as if a first follower had read the first 40 and died
+
+    async def run() -> Writer:
+        writer = Writer(lambda: sink, batch_size=16, journal=Journal(tmp_path / "journal", follow=restart_at),
+                        follow=True)
+        writer.start()
+        writer.follow_to(spans[69][1])
+        await asyncio.to_thread(_wait, lambda: len(sink.written) == 70)
+        for index in range(100, 130):  # the gateway goes on appending, into further segments
+            appender.append(_record(index))
+        writer.follow_to(appender.end)
+        await asyncio.to_thread(writer.close)
+        return writer
+
+    writer = asyncio.run(run())
+    assert sink.written == [f"r{index:05d}" for index in range(130)]
+    assert writer.stats.replayed == 40
+    follower = Journal(tmp_path / "journal", follow=appender.end)
+    assert follower.read_progress() == appender.end
+    assert follower.last_segment() == appender.end[0]  # the segments it passed are gone
+    assert len(list((tmp_path / "journal").glob("*.log"))) == 1

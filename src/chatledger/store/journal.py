@@ -135,7 +135,8 @@ class JournalEntry:
 
 class Journal:
     """One slot's journal. `append` is called on the event loop (under the writer's lock); `read`,
-    `committed` and friends on the recorder thread."""
+    `committed` and friends on the recorder thread, which with WRITER_PROCESS is in another process
+    that opened the same directory with `follow` (it reads and notes progress; it never appends)."""
 
     def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES,
                  follow: Position | None = None) -> None:

@@ -20,6 +20,9 @@ and retried with backoff, the cause logged once; records that fail on their own 
 constraint) are written one by one and the bad ones set aside in a dead-letter file. Past
 `max_pending_bytes` in memory, new records are kept in the journal only, and the thread reads
 them back from it, in order and after the older ones in memory, once the store keeps up.
+
+In the recorder process (`follow=True`, recorder_process.py) nothing comes through memory: the thread
+reads every record from a journal the gateway's process appends to, as far as `follow_to` says it goes.
 """
 
 from __future__ import annotations
