@@ -189,6 +189,8 @@ class RecorderProcess:
         if self._closing:
             return
         code = process.wait(5)  # it closed its end: it is exiting
+        if self._ready is not None and not self._ready.is_set():
+            self._ready.set()  # it died starting: the gateway starts anyway, records wait in the journal
         self._base = WriterStats(**{name: getattr(self.stats, name) for name in WriterStats.__slots__})
         self.healthy = False
         self.last_error = f"recorder process exited ({code}); restarting it"

