@@ -3,6 +3,7 @@ PostgreSQL). What the gateway-level durability tests check for it is in test_dur
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -13,7 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from chatledger.store.recorder_client import RecorderProcess
+from chatledger.config import Settings
+from chatledger.store.journal import Journal, claim_slot
+from chatledger.store.recorder_client import RecorderProcess, recorder_spec
+from chatledger.store.records import RequestRecord
 from tests.conftest import client_for
 from tests.gateway_server import GatewayThread
 from tests.postgres import any_store_url
@@ -109,3 +113,29 @@ def test_a_killed_recorder_process_is_restarted_and_nothing_is_lost_or_doubled(m
     assert len(rows) == len(answered) and max(row["n"] for row in rows) == 1
     assert gateway.count("requests") == len(answered)
     assert _health(gateway)["status"] == "ok"
+
+
+def test_a_recorder_process_that_cannot_start_does_not_hold_up_the_gateway(tmp_path):
+    """It dies before its first report (here: a store it cannot open): the gateway starts anyway,
+    says so on /health's terms, keeps journaling, and keeps trying to start it."""
+    settings = Settings(_env_file=None, database_path=tmp_path / "missing" / "dir" / "chatledger.db")
+    slot = claim_slot(tmp_path / "journal")
+    spec = recorder_spec(settings, slot.directory, tmp_path / "deadletter.jsonl", None)
+    recorder = RecorderProcess(Journal(slot.directory), slot, spec, ack="journal")
+
+    async def run() -> tuple[float, bool, str | None, int]:
+        started = time.monotonic()
+        await recorder.start(timeout=60)
+        took = time.monotonic() - started
+        record = RequestRecord("r1", 1, "POST", "/v1/chat/completions", "chat", "hi", b"{}", None, "m", "mock", "m",
+                               False, None, None)
+        journaled = recorder.submit(record)
+        first = recorder.pid
+        await asyncio.to_thread(_wait_for, lambda: recorder.pid != first)  # it is tried again
+        return took, recorder.healthy, recorder.last_error, journaled
+
+    took, healthy, last_error, journaled = asyncio.run(run())
+    recorder.close(timeout=5)
+    slot.release()
+    assert took < 30 and not healthy and "exited" in (last_error or "")
+    assert journaled == 1  # the record waits in the journal for a process that can write it
