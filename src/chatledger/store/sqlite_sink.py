@@ -10,7 +10,10 @@ rows into a file of its own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,41 @@ WAL_HARD_LIMIT_BYTES = 512 * 1024 * 1024
 WRITER_CACHE_KB = 16 * 1024
 
 
+class WriterTurn:
+    """Whose turn it is to write, among the recorders on one SQLite file (`--workers N`, a recorder
+    process per worker): an flock on a file beside the database, held for each write transaction.
+    Without it the writers meet on SQLite's own lock, whose busy handler sleeps 1, 2, 5, 10, 15...
+    ms between tries, long after the holder has committed; here a waiter tries every half
+    millisecond. Past `timeout_ms` the write fails as a locked database would (and is retried)."""
+
+    POLL_S = 0.0005
+
+    def __init__(self, path: Path, timeout_ms: int) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._timeout_s = timeout_ms / 1000
+
+    def __enter__(self) -> None:
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self._timeout_s
+                if now >= deadline:
+                    raise TransientStoreError("database is locked (another recorder holds the write turn)") \
+                        from None
+                time.sleep(self.POLL_S)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
 def _session_rows(rows: BatchRows) -> tuple[list[list[Any]], list[tuple[str, str | None, str]]]:
     """The UPSERT rows (with the newest answer's parent_id) and the parent_id UPDATEs for sessions that
     have only answers in the batch (their request went in with an earlier one)."""
@@ -83,6 +121,7 @@ class SQLiteSink:
         self._builder = BatchBuilder(session_timeout_ms, pricer)
         self._chat_id_set: set[str] = set()  # sessions whose chat_id is known to be set
         self._connection = self._connect()
+        self._turn = WriterTurn(path.with_name(path.name + "-writer.lock"), busy_timeout_ms)
         self._wal = path.with_name(path.name + "-wal")
         self._checkpointer = Checkpointer(path, synchronous)
 
@@ -113,6 +152,7 @@ class SQLiteSink:
         with contextlib.suppress(sqlite3.Error):
             self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
         self.close()
+        self._turn.close()
 
     def maintain(self, idle: bool) -> float | None:
         """Between batches: keep the WAL bounded."""
@@ -138,6 +178,10 @@ class SQLiteSink:
 
     def write(self, records: list[Record]) -> None:
         connection = self._connection
+        with self._turn:
+            self._write(connection, records)
+
+    def _write(self, connection: sqlite3.Connection, records: list[Record]) -> None:
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
