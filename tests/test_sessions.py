@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 from tests.conftest import client_for
 from tests.postgres import any_store_url
@@ -57,6 +58,10 @@ def test_inactivity_starts_a_new_session(make_gateway, openai_upstream):
     gateway = make_gateway(openai_base_url=openai_upstream.url + "/v1", openai_api_key="k", session_timeout=0)
     client = client_for(gateway)
     _ask(client, "Same opener")
+    # A request in the same millisecond is still inside a 0 ms session: let the clock move on first.
+    first = time.time_ns() // 1_000_000
+    while time.time_ns() // 1_000_000 == first:
+        time.sleep(0.0001)
     _ask(client, "Same opener", "ok", "again")
     sessions = gateway.rows("SELECT id, session_key, message_count FROM sessions ORDER BY created_at, id")
     assert len(sessions) == 2 and sessions[0]["session_key"] == sessions[1]["session_key"]
