@@ -27,6 +27,7 @@ import orjson
 from chatledger.config import GatewayConfig, Settings
 from chatledger.store.journal import Journal, Position, Slot
 from chatledger.store.records import Record
+from chatledger.store.waiters import CommitWaiters
 from chatledger.store.writer import LAG_BYTES, LAG_RECORDS, Ack, Writer, WriterStats
 
 log = logging.getLogger("chatledger.writer")
@@ -76,8 +77,7 @@ class RecorderProcess:
         self._submitted_bytes = 0
         self._committed_count = 0  # records and bytes known committed, as of the last checkpoint passed
         self._committed_bytes = 0
-        self._waiters: collections.deque[tuple[Position, asyncio.Future[bool], float]] = collections.deque()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._waiters: CommitWaiters[Position] = CommitWaiters()
         self._base = WriterStats()  # what earlier processes had counted
         self._backoff = RESTART_BACKOFF_S[0]
         self._closing = False
@@ -169,13 +169,9 @@ class RecorderProcess:
         checkpoints = self._checkpoints
         while checkpoints and checkpoints[0][0] <= self._through:
             _, self._committed_count, self._committed_bytes = checkpoints.popleft()
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._through:
-            _, future, _ = waiters.popleft()
-            if not future.done():
-                future.set_result(True)
+        self._waiters.release_through(self._through)
         if was_healthy and not self.healthy:
-            self._release_waiters()  # nobody should wait for a commit that is not coming soon
+            self._waiters.release_all()  # nobody should wait for a commit that is not coming soon
 
     def _on_exit(self, process: subprocess.Popen[bytes]) -> None:
         assert self._loop is not None
@@ -195,7 +191,7 @@ class RecorderProcess:
         self.healthy = False
         self.last_error = f"recorder process exited ({code}); restarting it"
         log.error("%s in %.1fs", self.last_error, self._backoff)
-        self._release_waiters()
+        self._waiters.release_all()
         # Whatever it had taken from the journal may be committed already: the next one checks.
         self._loop.call_later(self._backoff, self._spawn, self._journal.end)
         self._backoff = min(self._backoff * 2, RESTART_BACKOFF_S[1])
@@ -283,34 +279,9 @@ class RecorderProcess:
         return asyncio.run_coroutine_threadsafe(self.settled(timeout), self._loop).result(timeout + 1)
 
     async def _wait_for(self, position: Position, timeout: float) -> bool:
-        loop = self._loop
-        if not self.healthy or loop is None:
+        if not self.healthy or self._loop is None:
             return False
-        future: asyncio.Future[bool] = loop.create_future()
-        deadline = loop.time() + timeout
-        if self._waiters and self._waiters[-1][2] > deadline:
-            deadline = self._waiters[-1][2]  # deadlines stay in order, as positions do
-        self._waiters.append((position, future, deadline))
-        if self._sweeper is None:
-            self._sweeper = loop.call_at(deadline, self._sweep)
-        return await future
-
-    def _sweep(self) -> None:
-        assert self._loop is not None
-        self._sweeper = None
-        now = self._loop.time()
-        while self._waiters and self._waiters[0][2] <= now:
-            _, future, _ = self._waiters.popleft()
-            if not future.done():
-                future.set_result(False)
-        if self._waiters:
-            self._sweeper = self._loop.call_at(self._waiters[0][2], self._sweep)
-
-    def _release_waiters(self) -> None:
-        while self._waiters:
-            _, future, _ = self._waiters.popleft()
-            if not future.done():
-                future.set_result(False)
+        return await self._waiters.add(self._loop, position, timeout)
 
     def forget(self, response_ids: list[int]) -> None:
         """Responses deleted from the ledger (any thread): the process's search indexer takes them out

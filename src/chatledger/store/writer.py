@@ -42,6 +42,7 @@ import orjson
 from chatledger.store.journal import Journal, JournalEntry, Position, Slot, orphaned_slots
 from chatledger.store.records import Record, ResponseRecord
 from chatledger.store.threads import lower_this_threads_priority
+from chatledger.store.waiters import CommitWaiters
 
 log = logging.getLogger("chatledger.writer")
 
@@ -141,9 +142,7 @@ class Writer:
         self._overflowing = False
         # Where the next record to commit starts in the journal (the thread's; set by `start`).
         self._position: Position | None = None
-        # (seq, future, deadline) in seq order; all share one timeout, so deadlines are in order too.
-        self._waiters: collections.deque[tuple[int, asyncio.Future[bool], float]] = collections.deque()
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._waiters: CommitWaiters[int] = CommitWaiters()  # by sequence number
         self._committed_seq = 0  # the loop's view, moved by _on_committed
         self._thread_committed_seq = 0  # the thread's, set after every commit (read by the loop)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -301,46 +300,16 @@ class Writer:
         loop = self._loop
         if not seq or not self.healthy or loop is None:
             return False
-        future: asyncio.Future[bool] = loop.create_future()
-        # One timer for all waiters rather than one `wait_for` each: this runs for every response.
-        deadline = loop.time() + timeout
-        if self._waiters and self._waiters[-1][2] > deadline:
-            deadline = self._waiters[-1][2]  # deadlines stay in order (see _sweep)
-        self._waiters.append((seq, future, deadline))
-        if self._sweeper is None:
-            self._sweeper = loop.call_at(deadline, self._sweep)
+        future = self._waiters.add(loop, seq, timeout)
         # The thread sets its count before it looks for waiters; we look at it after joining them:
         # one of the two sees the other, so no commit goes unnoticed.
         if seq <= self._thread_committed_seq:
             self._on_committed(self._thread_committed_seq)
         return await future
 
-    def _sweep(self) -> None:
-        assert self._loop is not None
-        self._sweeper = None
-        now = self._loop.time()
-        waiters = self._waiters
-        while waiters and waiters[0][2] <= now:
-            _, future, _ = waiters.popleft()
-            if not future.done():
-                future.set_result(False)
-        if waiters:
-            self._sweeper = self._loop.call_at(waiters[0][2], self._sweep)
-
     def _on_committed(self, seq: int) -> None:
         self._committed_seq = max(self._committed_seq, seq)
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self._committed_seq:
-            _, future, _ = waiters.popleft()
-            if not future.done():
-                future.set_result(True)
-
-    def _release_waiters(self) -> None:
-        """The store is failing: nobody should wait for a commit that is not coming soon."""
-        while self._waiters:
-            _, future, _ = self._waiters.popleft()
-            if not future.done():
-                future.set_result(False)
+        self._waiters.release_through(self._committed_seq)
 
     def close(self, timeout: float = 30.0) -> None:
         """Drain: everything queued is committed before this returns (or the timeout passes; what is
@@ -514,7 +483,7 @@ class Writer:
             log.error("store write failed, keeping records and retrying: %s", message)
         if self.healthy and self._loop is not None:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._release_waiters)
+                self._loop.call_soon_threadsafe(self._waiters.release_all)
         self.healthy = False
         self.last_error = message
         if self._on_progress is not None:
