@@ -66,3 +66,32 @@ def test_inactivity_starts_a_new_session(make_gateway, openai_upstream):
     sessions = gateway.rows("SELECT id, session_key, message_count FROM sessions ORDER BY created_at, id")
     assert len(sessions) == 2 and sessions[0]["session_key"] == sessions[1]["session_key"]
     assert all(s["message_count"] == 1 for s in sessions)
+
+
+def test_a_session_that_expires_inside_one_batch_restarts(tmp_path, store_url):
+    """A backlog written after an outage holds a conversation's turns from hours apart in one batch:
+    the turn after the timeout opens a new session there too, as it would in a batch of its own."""
+    from chatledger.store import Store
+    from chatledger.store.records import RequestRecord, ResponseRecord
+
+    timeout_ms = 60_000
+    store = Store.open(database_path=tmp_path / "ledger.db", database_url=store_url, session_timeout_ms=timeout_ms)
+    try:
+        records = []
+        for turn, at in enumerate((1_000_000, 1_000_000 + timeout_ms // 2, 1_000_000 + 5 * timeout_ms)):
+            records.append(RequestRecord(f"turn-{turn}", at, "POST", "/v1/chat/completions", "chat", "Same opener",
+                                         b'{"model": "m"}', None, "m", "openai", "m", False, None, None))
+            records.append(ResponseRecord(f"turn-{turn}", f"answer-{turn}", at + 5, 200, 5,
+                                          openai_response=b'{"choices": []}'))
+        sink = store.sink()
+        sink.write(records)
+        sink.shutdown()
+        with store.engine.connect() as connection:
+            sessions = connection.exec_driver_sql(
+                "SELECT session_key, message_count FROM sessions ORDER BY created_at").fetchall()
+            by_turn = dict(connection.exec_driver_sql("SELECT request_id, session_id FROM requests").fetchall())
+    finally:
+        store.close()
+    assert [count for _, count in sessions] == [2, 1]
+    assert sessions[0][0] == sessions[1][0]  # one conversation, two sessions
+    assert by_turn["turn-0"] == by_turn["turn-1"] != by_turn["turn-2"]

@@ -211,9 +211,14 @@ class BatchBuilder:
         if key is None:
             assert record.session_hint is not None
             return record.session_hint, record.session_hint
-        known = resolved.get(key) or self._sessions.get(key)
+        opened = resolved.get(key)
+        known = opened or self._sessions.get(key)
         if known is not None and known[1] >= record.timestamp:
             session_id = known[0]
+        elif opened is not None:
+            # An earlier request of this batch went to the key's session, which has expired since
+            # (a backlog written after an outage spans hours): the table does not know it yet.
+            session_id = restarted_session_id(key, record.timestamp)
         else:
             if key not in latest:  # looked up already when None
                 latest[key] = lookups.latest_sessions([key]).get(key)
