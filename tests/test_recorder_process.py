@@ -95,10 +95,14 @@ def test_a_killed_recorder_process_is_restarted_and_nothing_is_lost_or_doubled(m
     threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
+    behind: list[bool] = []  # at each kill: the journal held records past the last commit
     try:
         for _ in range(2):  # twice: the second one mid-way through the first one's replay, often
             _wait_for(lambda: recorder.stats.committed > 20)
             first = recorder.pid
+            os.kill(first, signal.SIGSTOP)  # no commit between the look at its progress and the kill
+            progress = recorder.journal.read_progress()
+            behind.append(progress is None or progress < recorder.journal.end)
             os.kill(first, signal.SIGKILL)
             _wait_for(lambda: recorder.pid != first and recorder.healthy)  # noqa: B023
         assert enough.wait(30)
@@ -106,7 +110,8 @@ def test_a_killed_recorder_process_is_restarted_and_nothing_is_lost_or_doubled(m
         stop.set()
         for thread in threads:
             thread.join(30)
-    assert recorder.stats.replayed > 0  # the new process checked what the killed one may have written
+    if any(behind):  # the new process checked what the killed one may have written
+        assert recorder.stats.replayed > 0
     gateway.settle()
     rows = gateway.rows("SELECT q.request_id, COUNT(*) AS n FROM requests q JOIN responses r ON r.request_id = q.id "
                         "GROUP BY q.request_id")
