@@ -33,6 +33,7 @@ log = logging.getLogger("chatledger")
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 SETTINGS_POLL_SECONDS = 2.0
+GC_THRESHOLDS = (20_000, 20, 20)  # the collector's generations (gc.set_threshold): see `startup`
 
 
 class ChatLedgerApp:
@@ -122,6 +123,11 @@ class ChatLedgerApp:
         # What start-up built (modules, the app, its routes) lives as long as the process: keep it out
         # of the collector's full passes, which the records in flight would otherwise make expensive.
         gc.freeze()
+        # A request allocates a few hundred containers (parsed bodies, frames, records) that die with
+        # it: at the default 700 the young generation is collected every few requests, each pass
+        # walking what is in flight. Measured (wrk, small bodies, one core, 3 interleaved rounds):
+        # 6,741 -> 6,907 req/s. Cycles are rare here; they wait a little longer for collection.
+        gc.set_threshold(*GC_THRESHOLDS)
 
     async def _start_search_indexer(self, store: Store) -> None:
         backend = await asyncio.to_thread(store.search_backend)
