@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sqlite3
 import sys
@@ -50,7 +51,10 @@ def response_body() -> bytes:
 
 
 def build_records(count: int, sessions: int = SESSIONS) -> list[tuple[RequestRecord, ResponseRecord]]:
-    """`count` exchanges; bodies are shared between records (their content does not change the cost)."""
+    """`count` exchanges; bodies are shared between records (their content does not change the cost).
+    They are kept out of the garbage collector's passes (`gc.freeze`): a gateway never holds hundreds
+    of thousands of records at once, and walking them made every full pass of the writer's own
+    collections cost ~11 ms here (the writer alone 7% slower than it is)."""
     bodies = [request_body(session) for session in range(sessions)]
     answer = response_body()
     now = int(time.time() * 1000)
@@ -66,6 +70,8 @@ def build_records(count: int, sessions: int = SESSIONS) -> list[tuple[RequestRec
         response = ResponseRecord(request_id=request_id, response_id=uuid7(), timestamp=now + index // 100,
                                   status_code=200, duration_ms=3, openai_response=answer)
         exchanges.append((request, response))
+    gc.collect()
+    gc.freeze()
     return exchanges
 
 
