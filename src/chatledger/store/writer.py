@@ -488,8 +488,8 @@ class Writer:
         if self.healthy and self._loop is not None:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._waiters.release_all)
+        self.last_error = message  # first: whoever sees `healthy` False (another thread) sees why
         self.healthy = False
-        self.last_error = message
         if self._on_progress is not None:
             self._on_progress()
 
