@@ -71,6 +71,47 @@ def test_exchanges_are_recorded_by_the_recorder_process(make_gateway, writer_ack
     assert os.getpid() != _recorder(gateway).pid
 
 
+def test_a_journal_that_breaks_hands_the_records_to_a_writer_thread(make_gateway):
+    """A full or failing disk refuses the journal's writes: the process writes what the journal holds
+    and exits, and a writer thread of the gateway records the rest; nothing is lost or doubled."""
+    gateway = make_gateway(writer_process=True)
+    recorder = _recorder(gateway)
+    process = recorder.pid
+    client = client_for(gateway)
+    asked: list[str] = []
+
+    def ask(content: str, stream: bool = False) -> None:
+        messages = [{"role": "user", "content": content}]
+        if stream:
+            chunks = client.chat.completions.create(model="mock-1", messages=messages, stream=True)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        else:
+            text = client.chat.completions.create(model="mock-1", messages=messages).choices[0].message.content
+        assert text.endswith(content)
+        asked.append(content)
+
+    for n in range(10):
+        ask(f"before the break {n}")
+    journal = recorder.journal
+    refusing = os.open(os.devnull, os.O_RDONLY)  # as test_journal.py breaks one: every write() fails
+    os.close(journal._fd)
+    journal._fd = refusing
+    for n in range(10):
+        ask(f"after the break {n}", stream=n % 3 == 0)
+
+    gateway.settle()
+    assert journal.broken is not None
+    assert recorder.pid == process and recorder._process.poll() == 0  # it drained and exited, not killed
+    rows = gateway.rows("SELECT q.request_id, q.openai_request, COUNT(r.id) AS answers FROM requests q "
+                        "LEFT JOIN responses r ON r.request_id = q.id GROUP BY q.id")
+    assert len(rows) == len(asked) == 20
+    assert all(row["answers"] == 1 for row in rows)
+    assert sorted(content for row in rows for content in asked if content in row["openai_request"]) == sorted(asked)
+    health = _health(gateway)
+    assert health["status"] == "ok"
+    assert health["store"]["dropped"] == 0 and health["store"]["committed"] == 40
+
+
 def test_a_killed_recorder_process_is_restarted_and_nothing_is_lost_or_doubled(make_gateway):
     gateway = make_gateway(writer_process=True)
     recorder = _recorder(gateway)

@@ -146,18 +146,21 @@ class ChatLedgerApp:
         self.journal_slot = await asyncio.to_thread(claim_slot, journal_root)
         await replay_orphaned_journals(journal_root, self.journal_slot, sink_factory)
         journal = await asyncio.to_thread(Journal, self.journal_slot.directory)
+        writer = partial(Writer, sink_factory, batch_size=settings.writer_batch_size,
+                         flush_ms=settings.writer_flush_ms,
+                         max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
+                         dead_letter_path=dead_letter_path, niceness=settings.writer_niceness)
         if settings.recorder_in_own_process():
             spec = recorder_spec(settings, self.journal_slot.directory, dead_letter_path, self.config)
-            recorder = RecorderProcess(journal, self.journal_slot, spec, ack=settings.recorder_ack())
+            # Should the journal become unwritable, a writer thread here takes over (no journal: its
+            # answers wait for their commits; the search index catches up at the next start).
+            recorder = RecorderProcess(journal, self.journal_slot, spec, ack=settings.recorder_ack(), fallback=writer)
             await recorder.start()
             return recorder
-        writer = Writer(sink_factory, batch_size=settings.writer_batch_size, flush_ms=settings.writer_flush_ms,
-                        max_pending_bytes=settings.writer_max_pending_mb * 1024 * 1024,
-                        dead_letter_path=dead_letter_path, journal=journal, ack=settings.recorder_ack(),
-                        on_commit=self.search_indexer.notify if self.search_indexer else None,
-                        niceness=settings.writer_niceness)
-        writer.start()
-        return writer
+        thread = writer(journal=journal, ack=settings.recorder_ack(),
+                        on_commit=self.search_indexer.notify if self.search_indexer else None)
+        thread.start()
+        return thread
 
     def forget_from_search(self, response_ids: list[int]) -> None:
         """Deleted responses leave the search index (searches join the ledger: this is tidying)."""

@@ -8,6 +8,12 @@ that fell behind, the query API's read-your-writes). The interface is the in-pro
 
 If the process dies it is started again; the records it may have committed without saying so are
 checked against the store before they are written (they count as replayed), so none is written twice.
+
+If the journal cannot be written (a full disk, a failing one), records cannot reach the process any
+more: it is told to write what the journal holds and exit, and then a writer thread in this process
+(`fallback`, no journal: answers wait for their commits, as the in-process recorder's do without a
+journal) writes the records that came since, which wait in its memory meanwhile, so that no answer
+is written before its request.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +61,7 @@ class RecorderProcess:
     """The recorder process, seen from the gateway's event loop (the in-process Writer's interface)."""
 
     def __init__(self, journal: Journal, slot: Slot, spec: dict[str, Any], *, ack: Ack,
-                 max_lag: int = LAG_RECORDS) -> None:
+                 max_lag: int = LAG_RECORDS, fallback: Callable[[], Writer] | None = None) -> None:
         self._journal = journal
         self._slot = slot
         self._spec = spec
@@ -81,15 +88,41 @@ class RecorderProcess:
         self._base = WriterStats()  # what earlier processes had counted
         self._backoff = RESTART_BACKOFF_S[0]
         self._closing = False
-        self.healthy = True
-        self.last_error: str | None = None
+        self._healthy = True
+        self._last_error: str | None = None
         self.stats = WriterStats()
         self.search: dict[str, Any] | None = None
         self._ready: asyncio.Event | None = None
+        self._fallback_factory = fallback
+        # Once the journal broke: the in-process writer, started once the process has exited.
+        self._fallback: Writer | None = None
+        self._fallback_started: asyncio.Event | None = None
 
     @property
     def journal(self) -> Journal:
         return self._journal
+
+    @property
+    def healthy(self) -> bool:
+        if self._fallback_started is not None and self._fallback_started.is_set():
+            assert self._fallback is not None
+            return self._fallback.healthy
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._healthy = value
+
+    @property
+    def last_error(self) -> str | None:
+        if self._fallback_started is not None and self._fallback_started.is_set():
+            assert self._fallback is not None
+            return self._fallback.last_error or f"journal: {self._journal.broken}"
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._last_error = value
 
     @property
     def pid(self) -> int | None:
@@ -130,6 +163,8 @@ class RecorderProcess:
         self._announced = (0, 0)
         self._loop.add_reader(self._stdout, self._on_output, process)
         self._announce()
+        if self._fallback is not None:
+            self._send(b"q\n")  # the journal broke: write what it holds, then exit
 
     def _on_output(self, process: subprocess.Popen[bytes]) -> None:
         assert self._stdout is not None
@@ -185,6 +220,9 @@ class RecorderProcess:
         if self._closing:
             return
         code = process.wait(5)  # it closed its end: it is exiting
+        if self._fallback is not None and code == 0:
+            self._start_fallback()
+            return
         if self._ready is not None and not self._ready.is_set():
             self._ready.set()  # it died starting: the gateway starts anyway, records wait in the journal
         self._base = WriterStats(**{name: getattr(self.stats, name) for name in WriterStats.__slots__})
@@ -199,8 +237,15 @@ class RecorderProcess:
     # -- the event loop's side ------------------------------------------------------------------------
 
     def submit(self, record: Record, *, urgent: bool = False) -> int:
-        """Journal the record; returns 1 (0 if the journal cannot be written: the record is lost)."""
-        span = self._journal.append(record)
+        """Journal the record; returns 1 (or, once the journal cannot be written, the fallback's
+        sequence number; 0 if there is none and the record is lost)."""
+        span = None
+        if self._fallback is None:
+            span = self._journal.append(record)
+            if span is None and self._fallback_factory is not None:
+                self._break_to_fallback()
+        if self._fallback is not None:
+            return self._fallback.submit(record, urgent=urgent)  # counted in the stats they share
         self.stats.submitted += 1
         if span is None:
             self.stats.dropped += 1
@@ -214,6 +259,26 @@ class RecorderProcess:
             assert self._loop is not None
             self._loop.call_soon(self._announce)
         return 1
+
+    def _break_to_fallback(self) -> None:
+        """The journal broke: the process writes what it holds and exits, then the fallback takes over."""
+        assert self._fallback_factory is not None
+        log.error("the journal %s cannot be written (%s): the recorder process writes what it holds, then "
+                  "a recorder thread in this process takes the new records (answers now wait for the database)",
+                  self._journal.directory, self._journal.broken)
+        self._fallback = self._fallback_factory()
+        self._fallback_started = asyncio.Event()
+        self._fallback.stats = self.stats  # one set of figures for /health, whichever writes
+        if self._stdin is not None:
+            self._announce()
+            self._send(b"q\n")
+        # No process (it died and is about to be started again): the next one drains and exits.
+
+    def _start_fallback(self) -> None:
+        assert self._fallback is not None and self._fallback_started is not None
+        self._fallback.start()
+        self._waiters.release_all()  # the journal's part is in: nothing more comes through it
+        self._fallback_started.set()
 
     def _announce(self) -> None:
         self._announce_scheduled = False
@@ -253,10 +318,16 @@ class RecorderProcess:
     @property
     def lag(self) -> int:
         """Records journaled and not known to be committed (at most a loop iteration's worth more)."""
+        if self._fallback is not None:
+            return self._fallback.lag
         return self.stats.submitted - self.stats.dropped - self._committed_count
 
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
         """As Writer.submit_and_wait: True once the record is durable (journaled, or committed)."""
+        if self._fallback is None and self._journal.broken is not None and self._fallback_factory is not None:
+            self._break_to_fallback()
+        if self._fallback is not None:
+            return await self._fallback.submit_and_wait(record, timeout)
         if not self.submit(record):
             return False
         if (self._ack == "journal" and self.lag <= self._max_lag
@@ -266,6 +337,11 @@ class RecorderProcess:
 
     async def settled(self, timeout: float) -> bool:
         """Wait until everything journaled so far is committed (at most `timeout` seconds)."""
+        if self._fallback is not None:
+            assert self._fallback_started is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._fallback_started.wait(), timeout)
+            return self._fallback_started.is_set() and await self._fallback.settled(timeout)
         end = self._journal.end
         if end <= self._through:
             return True
@@ -313,6 +389,13 @@ class RecorderProcess:
         if progress is not None and progress > self._journal.committed_through:
             self._journal.committed_through = progress  # so closing it tidies the segments it can
         self._journal.close()
+        if self._fallback is not None:
+            assert self._fallback_started is not None and self._loop is not None
+            if not self._fallback_started.is_set():  # stopped while the process drained the journal
+                async def start() -> None:
+                    self._start_fallback()
+                asyncio.run_coroutine_threadsafe(start(), self._loop).result(timeout)
+            self._fallback.close(timeout)
 
 
 # What the gateway records through: the writer thread in its own process, or a recorder process.
