@@ -37,6 +37,7 @@ FIND_REQUEST_COLUMNS = ("id", "session_id", "model", "provider", "upstream_model
                         "request_id")
 
 SESSION_CACHE_SIZE = 100_000
+KEY_CACHE_CHARS = 16 * 1024 * 1024  # the opening texts the session-key cache may hold (an agent's can be long)
 KNOWN_SESSION_MODELS = 200_000
 
 
@@ -142,6 +143,7 @@ class BatchBuilder:
         # (caller, opening text) -> session key: a conversation resends its opening text every turn,
         # and its MD5 was a tenth of building a batch; a dict lookup is a fifth of that.
         self._keys: dict[tuple[str | None, str], str] = {}
+        self._key_chars = 0
 
     def build(self, records: list[Record], lookups: Lookups) -> BatchRows:
         if any(record.replayed for record in records):
@@ -212,9 +214,11 @@ class BatchBuilder:
     def _session_key(self, first_text: str, api_key_hash: str | None) -> str:
         known = self._keys.get((api_key_hash, first_text))
         if known is None:
-            if len(self._keys) >= SESSION_CACHE_SIZE:
+            if len(self._keys) >= SESSION_CACHE_SIZE or self._key_chars > KEY_CACHE_CHARS:
                 self._keys.clear()
+                self._key_chars = 0
             known = self._keys[api_key_hash, first_text] = session_key(first_text, api_key_hash)
+            self._key_chars += len(first_text)
         return known
 
     def _resolve_session(self, record: RequestRecord, key: str | None, latest: dict[str, tuple[str, int] | None],
