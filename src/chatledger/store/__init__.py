@@ -10,10 +10,8 @@ import sqlalchemy as sa
 from chatledger.pricing import Pricer
 from chatledger.store import migrate
 from chatledger.store.engine import create_engine, psycopg_conninfo
-from chatledger.store.postgres_sink import PostgresSink
 from chatledger.store.search_index import SQLiteSearchIndex, search_path
 from chatledger.store.search_indexer import SearchBackend
-from chatledger.store.search_pg import PostgresSearchIndex
 from chatledger.store.sqlite_sink import SQLiteSink
 from chatledger.store.writer import Sink
 
@@ -44,6 +42,10 @@ class Store:
     def sink(self, pricer: Pricer | None = None, *, connections: int = 2) -> Sink:
         """The recorder's way in; `connections`: how many PostgreSQL connections it writes on at once."""
         if self.dialect == "postgresql":
+            # Imported here: psycopg costs ~20 MB of memory, in the gateway and its recorder process,
+            # which a SQLite store never needs.
+            from chatledger.store.postgres_sink import PostgresSink
+
             conninfo = psycopg_conninfo(self.engine.url.render_as_string(hide_password=False))
             return PostgresSink(conninfo, session_timeout_ms=self.session_timeout_ms, pricer=pricer,
                                 connections=connections)
@@ -56,6 +58,8 @@ class Store:
         """What the background search indexer fills: the index file beside a SQLite ledger, or on
         PostgreSQL the search table, from the queue the recorder fills (every replica indexes)."""
         if self.dialect == "postgresql":
+            from chatledger.store.search_pg import PostgresSearchIndex  # as in `sink`
+
             return PostgresSearchIndex(psycopg_conninfo(self.engine.url.render_as_string(hide_password=False)))
         if self.database_path is None:
             return None
