@@ -334,3 +334,32 @@ def test_a_follower_reads_what_another_journal_appends_across_segments_and_reche
     assert follower.read_progress() == appender.end
     assert follower.last_segment() == appender.end[0]  # the segments it passed are gone
     assert len(list((tmp_path / "journal").glob("*.log"))) == 1
+
+
+def test_a_follower_batches_notes_nobody_waits_for_and_reads_at_once_for_one_that_is_waited_on(tmp_path):
+    """The recorder process commits records announced lazily with its flush_ms batch, and what
+    someone waits for (an urgent note) without waiting for that batch."""
+    appender = Journal(tmp_path / "journal")
+    sink = FlakySink()
+
+    async def run() -> None:
+        # flush_ms of an hour: only an urgent note, or the timer of a short one, can get a record in.
+        writer = Writer(lambda: sink, journal=Journal(tmp_path / "journal", follow=(0, 0)), follow=True,
+                        flush_ms=3_600_000)
+        writer.start()
+        for index in range(3):
+            appender.append(_record(index))
+            writer.follow_to(appender.end, urgent=False)
+        appender.append(_record(3))
+        writer.follow_to(appender.end)  # someone waits: everything so far goes in now
+        await asyncio.to_thread(_wait, lambda: len(sink.written) == 4)
+        await asyncio.to_thread(writer.close)
+        quick = Writer(lambda: sink, journal=Journal(tmp_path / "journal", follow=(0, 0)), follow=True, flush_ms=20)
+        quick.start()
+        appender.append(_record(4))
+        quick.follow_to(appender.end, urgent=False)
+        await asyncio.to_thread(_wait, lambda: len(sink.written) == 5)  # the flush_ms timer, no other note
+        await asyncio.to_thread(quick.close)
+
+    asyncio.run(run())
+    assert sink.written == [f"r{index:05d}" for index in range(5)]

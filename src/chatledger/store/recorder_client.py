@@ -51,6 +51,7 @@ def recorder_spec(settings: Settings, journal_directory: Path, dead_letter_path:
     return {"database_path": str(settings.database_path.resolve()), "database_url": settings.database_url,
             "session_timeout_ms": settings.session_timeout, "synchronous": settings.sqlite_synchronous,
             "busy_timeout_ms": settings.sqlite_busy_timeout_ms, "batch_size": settings.writer_batch_size,
+            "flush_ms": settings.writer_flush_ms,
             "pg_connections": settings.writer_pg_connections, "niceness": settings.writer_niceness,
             "journal": str(journal_directory.resolve()), "log_level": settings.log_level,
             "dead_letter_path": str(dead_letter_path.resolve()),
@@ -76,6 +77,7 @@ class RecorderProcess:
         self._outbox_timer: asyncio.TimerHandle | None = None
         self._announce_scheduled = False
         self._announced: Position = (0, 0)
+        self._urgent = False  # the next note says that someone waits (`E`): commit without flush_ms
         self._through: Position = journal.committed_through
         # (journal end, records and bytes submitted by then), once per loop iteration that journaled
         # something, until the commits pass it: what the lag is, without an entry per record (a store
@@ -288,10 +290,11 @@ class RecorderProcess:
             checkpoints.append((end, self.stats.submitted - self.stats.dropped, self._submitted_bytes))
             if len(checkpoints) > CHECKPOINTS:  # keep every other one: the lag only looks coarser
                 self._checkpoints = collections.deque([*list(checkpoints)[-2::-2][::-1], checkpoints[-1]])
-        if self._stdin is None or end <= self._announced:
+        if self._stdin is None or (end <= self._announced and not self._urgent):
             return
         self._announced = end
-        self._send(b"e %d %d\n" % end)
+        self._send(b"%s %d %d\n" % (b"E" if self._urgent else b"e", *end))
+        self._urgent = False
 
     def _send(self, data: bytes) -> None:
         """Write to the process's stdin (on the loop's thread); what the pipe cannot take yet waits."""
@@ -345,7 +348,6 @@ class RecorderProcess:
         end = self._journal.end
         if end <= self._through:
             return True
-        self._announce()
         return await self._wait_for(end, timeout)
 
     def settle(self, timeout: float = 10.0) -> bool:
@@ -357,6 +359,8 @@ class RecorderProcess:
     async def _wait_for(self, position: Position, timeout: float) -> bool:
         if not self.healthy or self._loop is None:
             return False
+        self._urgent = True  # the process commits what it has now, not with its next flush_ms batch
+        self._announce()
         return await self._waiters.add(self._loop, position, timeout)
 
     def forget(self, response_ids: list[int]) -> None:

@@ -75,9 +75,9 @@ def _control(writer: Writer, journal: Journal, indexer: SearchIndexer | None, do
     """The gateway's notes, until `q` or the end of stdin."""
     for line in sys.stdin.buffer:
         kind, _, rest = line.partition(b" ")
-        if kind == b"e":
+        if kind in (b"e", b"E"):  # E: someone waits for these records' commit
             segment, offset = rest.split()
-            writer.follow_to((int(segment), int(offset)))
+            writer.follow_to((int(segment), int(offset)), urgent=kind == b"E")
         elif kind == b"f" and indexer is not None:
             indexer.forget([int(value) for value in rest.split(b",") if value.strip()])
         elif kind.strip() == b"q":
@@ -101,7 +101,8 @@ async def run(spec: dict[str, Any]) -> None:
     pricer = Pricer(GatewayConfig.model_validate(spec["config"])) if spec.get("config") is not None else None
     reporter: Reporter | None = None
     writer = Writer(partial(store.sink, pricer, connections=spec["pg_connections"]),
-                    batch_size=spec["batch_size"], dead_letter_path=Path(spec["dead_letter_path"]),
+                    batch_size=spec["batch_size"], flush_ms=spec["flush_ms"],
+                    dead_letter_path=Path(spec["dead_letter_path"]),
                     journal=journal, on_commit=indexer.notify if indexer is not None else None,
                     on_progress=lambda: reporter.report() if reporter is not None else None, follow=True)
     reporter = Reporter(writer, journal, indexer)

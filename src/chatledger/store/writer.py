@@ -32,6 +32,7 @@ import collections
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,9 @@ class Writer:
         self._follow = follow
         if follow and journal is None:
             raise ValueError("follow=True needs a journal")
+        # (follow mode) Read the journal at once (start-up, a note someone waits on), or at this time.
+        self._follow_now = True
+        self._follow_due: float | None = None
         self._inbox: collections.deque[Item] = collections.deque()
         self._wake = threading.Event()
         self._stop_requested = False
@@ -181,14 +185,34 @@ class Writer:
         if self._overflowing:
             self._wake.set()
 
-    def follow_to(self, end: Position) -> None:
-        """(follow mode; any thread) The appending process has written records up to `end`."""
+    def follow_to(self, end: Position, *, urgent: bool = True) -> None:
+        """(follow mode; any thread) The appending process has written records up to `end`. Not
+        `urgent` (nobody waits for them): they are read with the next `flush_ms` batch, as the
+        in-process recorder commits such records."""
         journal = self._journal
         assert self._follow and journal is not None
         with self._lock:
             if end > journal.end:
                 journal.end = end
-        self._wake.set()
+            wake = urgent or self._follow_due is None  # else the thread is already waiting for that time
+            if urgent:
+                self._follow_now = True
+            elif self._follow_due is None:
+                self._follow_due = time.monotonic() + self._flush_s
+        if wake:
+            self._wake.set()
+
+    def _follow_wait(self) -> float:
+        """(follow mode) Seconds until the journal is to be read again; 0: now."""
+        with self._lock:
+            if self._follow_now or self._stop_requested or self._follow_due is None:
+                self._follow_now, self._follow_due = False, None
+                return 0.0
+            left = self._follow_due - time.monotonic()
+            if left <= 0:
+                self._follow_due = None
+                return 0.0
+            return left
 
     def submit(self, record: Record, *, urgent: bool = False) -> int:
         """Queue a record; returns its sequence number (0 if it is kept in the journal only, or dropped).
@@ -352,6 +376,10 @@ class Writer:
                 flushing = True
             urgent += self._drain(pending)
             if not backlog and not pending and self._overflowing:
+                wait = self._follow_wait() if self._follow else 0.0
+                if wait:  # records nobody waits for: the batch of flush_ms from the first of them
+                    self._wake.wait(wait)
+                    continue
                 backlog, backlog_next = self._read_journal()
                 if not backlog and self._follow:
                     if self._stop_requested:
