@@ -112,6 +112,37 @@ def test_a_journal_that_breaks_hands_the_records_to_a_writer_thread(make_gateway
     assert health["store"]["dropped"] == 0 and health["store"]["committed"] == 40
 
 
+def test_a_journal_that_breaks_while_the_process_is_down_is_drained_by_the_next_one(make_gateway):
+    """The process is killed and the journal breaks before it is started again: the next process only
+    writes what the journal holds (checking it against the store) and exits, then the writer thread
+    takes over; every exchange is recorded once."""
+    gateway = make_gateway(writer_process=True)
+    recorder = _recorder(gateway)
+    client = client_for(gateway)
+
+    def ask(content: str) -> None:
+        reply = client.chat.completions.create(model="mock-1", messages=[{"role": "user", "content": content}])
+        assert reply.choices[0].message.content.endswith(content)
+
+    for n in range(5):
+        ask(f"before the kill {n}")
+    first = recorder.pid
+    os.kill(first, signal.SIGKILL)
+    journal = recorder.journal
+    refusing = os.open(os.devnull, os.O_RDONLY)
+    os.close(journal._fd)
+    journal._fd = refusing
+    for n in range(5):
+        ask(f"while it is down {n}")
+
+    gateway.settle()
+    assert recorder.pid != first and recorder._process.poll() == 0  # the second one drained and exited
+    rows = gateway.rows("SELECT q.request_id, COUNT(r.id) AS answers FROM requests q "
+                        "LEFT JOIN responses r ON r.request_id = q.id GROUP BY q.id")
+    assert len(rows) == 10 and all(row["answers"] == 1 for row in rows)
+    assert _health(gateway)["store"]["dropped"] == 0
+
+
 def test_a_killed_recorder_process_is_restarted_and_nothing_is_lost_or_doubled(make_gateway):
     gateway = make_gateway(writer_process=True)
     recorder = _recorder(gateway)
