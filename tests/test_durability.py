@@ -155,3 +155,15 @@ def test_sigterm_drains_the_backlog_before_exit(tmp_path, writer_process):
     blocker.close()
     assert gateway.stop(timeout=60) in CLEAN_EXIT
     assert _recorded_contents(gateway.db_path) == {"warm-up", *(f"backlog {i}" for i in range(10))}
+
+
+def test_a_gateway_started_again_after_a_clean_stop_records_everything(tmp_path, writer_process):
+    """A clean stop leaves no journal segment but the progress file: the next start's segments must
+    come after it, or a recorder that follows the journal by position skips what they hold."""
+    for run in range(3):
+        gateway = GatewayProcess(tmp_path, _env(writer_process)).start()
+        with httpx.Client(timeout=10) as http:
+            for i in range(3):
+                assert _chat(gateway.url, f"run {run} turn {i}", stream=bool(i % 2), http=http)
+        assert gateway.stop(timeout=60) in CLEAN_EXIT
+        assert _recorded_contents(gateway.db_path) == {f"run {r} turn {i}" for r in range(run + 1) for i in range(3)}

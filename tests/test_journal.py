@@ -81,7 +81,14 @@ def test_progress_survives_a_restart_and_committed_segments_go(tmp_path):
     again.close()
     # Everything committed: no segment is left behind, and the next start has nothing to replay.
     assert list(tmp_path.glob("*.log")) == []
-    assert not Journal(tmp_path).has_backlog
+    third = Journal(tmp_path)
+    assert not third.has_backlog
+    # ...and writes after the progress point, where a follower (the recorder process) looks for it.
+    assert third.first_own_segment > again.end[0] and third.end > third.committed_through >= again.end
+    follower = Journal(tmp_path, follow=third.replay_before)
+    third.append(_request(20))
+    entries, _ = follower.read(follower.committed_through, third.end, max_records=10)
+    assert [entry.record.request_id for entry in entries] == ["r00020"]
 
 
 def test_a_journal_that_cannot_be_written_says_so(tmp_path):

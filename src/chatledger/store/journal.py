@@ -163,8 +163,12 @@ class Journal:
             self._current, self._size = self.committed_through
             self.end: Position = self.committed_through  # moved by the appending process's notes
             return
-        # This process writes into a segment of its own: whatever a crash left torn stays behind.
-        self.first_own_segment = (self._segments[-1] + 1) if self._segments else 1
+        # This process writes into a segment of its own: whatever a crash left torn stays behind. Its
+        # number follows the progress point too: after a clean stop no segment is left, and one
+        # numbered from 1 again would sit before the point, where a follower (the recorder process,
+        # which reads by position) takes everything as committed.
+        newest = max(self._segments[-1] if self._segments else 0, progress[0] if progress is not None else 0)
+        self.first_own_segment = newest + 1
         self.replay_before = (self.first_own_segment, 0)
         self._current = self.first_own_segment
         self._fd = self._open_segment(self._current)
