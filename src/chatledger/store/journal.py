@@ -13,7 +13,8 @@ Durability is the write's: in the operating system's hands, like SQLite's own WA
 Layout: `<directory>/<slot>/` holds numbered segments (`00000001.log`, ...) of frames
 `[length u32][crc32 u32][kind u8][payload]`, and `progress`, the position up to which the records
 are committed. Each process of a gateway takes a slot of its own (an exclusive `flock` on
-`<slot>/LOCK`), starts a new segment, and deletes segments once everything in them is committed.
+`<slot>/LOCK`), starts a new segment (numbered after any there and after the progress point), and
+deletes segments once everything in them is committed.
 A torn frame (a crash inside a write) ends its segment; reading goes on with the next one.
 """
 
