@@ -167,3 +167,20 @@ def test_a_gateway_started_again_after_a_clean_stop_records_everything(tmp_path,
                 assert _chat(gateway.url, f"run {run} turn {i}", stream=bool(i % 2), http=http)
         assert gateway.stop(timeout=60) in CLEAN_EXIT
         assert _recorded_contents(gateway.db_path) == {f"run {r} turn {i}" for r in range(run + 1) for i in range(3)}
+
+
+def test_an_answer_nobody_waits_for_reaches_the_database_file_by_itself(tmp_path, writer_process):
+    """With WRITER_ACK=journal the answer goes out first and its rows follow with the next timed
+    batch: another reader of the file (sqlite3, a backup) sees them without anyone asking the
+    gateway to settle."""
+    gateway = GatewayProcess(tmp_path, _env(writer_process)).start()
+    try:
+        with httpx.Client(timeout=10) as http:
+            assert _chat(gateway.url, "on its own", stream=False, http=http)
+            assert _chat(gateway.url, "streamed on its own", stream=True, http=http)
+        deadline = time.monotonic() + 10
+        while _recorded_contents(gateway.db_path) != {"on its own", "streamed on its own"}:
+            assert time.monotonic() < deadline, "the rows never reached the file"
+            time.sleep(0.01)
+    finally:
+        assert gateway.stop(timeout=60) in CLEAN_EXIT
