@@ -110,6 +110,8 @@ def test_a_journal_that_breaks_hands_the_records_to_a_writer_thread(make_gateway
     health = _health(gateway)
     assert health["status"] == "ok"
     assert health["store"]["dropped"] == 0 and health["store"]["committed"] == 40
+    # Search goes on too: an indexer of the gateway's own took over from the process's.
+    _wait_for(lambda: len(httpx.get(gateway.url + "/v1/search", params={"q": "after"}).json()["data"]) == 10)
 
 
 def test_a_journal_that_breaks_while_the_process_is_down_is_drained_by_the_next_one(make_gateway):

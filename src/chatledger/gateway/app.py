@@ -152,9 +152,18 @@ class ChatLedgerApp:
                          dead_letter_path=dead_letter_path, niceness=settings.writer_niceness)
         if settings.recorder_in_own_process():
             spec = recorder_spec(settings, self.journal_slot.directory, dead_letter_path, self.config)
-            # Should the journal become unwritable, a writer thread here takes over (no journal: its
-            # answers wait for their commits; the search index catches up at the next start).
-            recorder = RecorderProcess(journal, self.journal_slot, spec, ack=settings.recorder_ack(), fallback=writer)
+
+            def fallback() -> Writer:
+                """The journal broke: a writer thread here takes over (no journal: its answers wait for
+                their commits), with a search indexer of this process's own (the recorder process's
+                goes with it; two at once take turns on the index, as the workers' do)."""
+                backend = store.search_backend()
+                if backend is not None and self.search_indexer is None:
+                    self.search_indexer = SearchIndexer(backend)
+                    self.search_indexer.start()
+                return writer(on_commit=self.search_indexer.notify if self.search_indexer else None)
+
+            recorder = RecorderProcess(journal, self.journal_slot, spec, ack=settings.recorder_ack(), fallback=fallback)
             await recorder.start()
             return recorder
         thread = writer(journal=journal, ack=settings.recorder_ack(),
