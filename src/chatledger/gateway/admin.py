@@ -64,8 +64,11 @@ async def _upstream_models(app: ChatLedgerApp, provider_name: str) -> list[dict[
 async def health(app: ChatLedgerApp, scope: Scope, receive: Receive, send: Send) -> None:
     writer = app.writer
     store: dict[str, Any] = {"enabled": writer is not None}
+    # Read once, before the error (the recorder sets the error first): a status of degraded always
+    # comes with its reason, though the recorder's thread changes both meanwhile.
+    healthy = writer is None or writer.healthy
     if writer is not None:
-        store.update(healthy=writer.healthy, last_error=writer.last_error, submitted=writer.stats.submitted,
+        store.update(healthy=healthy, last_error=writer.last_error, submitted=writer.stats.submitted,
                      committed=writer.stats.committed, dropped=writer.stats.dropped,
                      dead_lettered=writer.stats.dead_lettered, lag=writer.lag, spilled=writer.stats.spilled)
     indexer = app.search_indexer
@@ -74,7 +77,7 @@ async def health(app: ChatLedgerApp, scope: Scope, receive: Receive, send: Send)
         store["search"] = {"indexed": indexer.indexed, "backlog": backlog, "last_error": indexer.last_error}
     elif isinstance(writer, RecorderProcess) and writer.search is not None:
         store["search"] = writer.search  # as the recorder process last reported it
-    status = "ok" if writer is None or writer.healthy else "degraded"
+    status = "ok" if healthy else "degraded"
     await send_json(send, 200, {"status": status, "store": store, "active_provider": app.router.active_provider})
 
 
