@@ -26,7 +26,9 @@ UPSERT_USAGE_DAILY = _upsert("usage_daily")  # the same rows, keyed by the UTC d
 
 
 def duration_bucket(duration_ms: int) -> int:
-    return min(HISTOGRAM_BUCKETS - 1, max(duration_ms, 0).bit_length())
+    # Runs for every exchange: comparisons, not min/max calls.
+    bucket = duration_ms.bit_length() if duration_ms > 0 else 0
+    return bucket if bucket < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1
 
 
 def bucket_upper_bound_ms(bucket: int) -> int:
@@ -74,9 +76,7 @@ class RollupBatch:
             row[10] += 1
         if exchange.duration_ms is not None:
             row[8] += exchange.duration_ms
-            # duration_bucket's bucket, computed here: a call and min/max per exchange cost more.
-            bucket = exchange.duration_ms.bit_length() if exchange.duration_ms > 0 else 0
-            row[len(COUNTERS) + (bucket if bucket < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1)] += 1
+            row[len(COUNTERS) + duration_bucket(exchange.duration_ms)] += 1
 
     def rows(self) -> list[tuple]:
         return [(*key, *values) for key, values in self._rows.items()]
