@@ -241,26 +241,32 @@ class RecorderProcess:
     def submit(self, record: Record, *, urgent: bool = False) -> int:
         """Journal the record; returns 1 (or, once the journal cannot be written, the fallback's
         sequence number; 0 if there is none and the record is lost)."""
-        span = None
-        if self._fallback is None:
-            span = self._journal.append(record)
-            if span is None and self._fallback_factory is not None:
-                self._break_to_fallback()
+        if self._fallback is None and self._journaled(record):
+            return 1
         if self._fallback is not None:
             return self._fallback.submit(record, urgent=urgent)  # counted in the stats they share
-        self.stats.submitted += 1
-        if span is None:
+        return 0
+
+    def _journaled(self, record: Record) -> bool:
+        """Append the record for the process; False when the journal cannot take it: from then on
+        the fallback takes the records, or, without one, the record is counted as dropped."""
+        if self._journal.append(record) is None:
+            if self._fallback_factory is not None:
+                self._break_to_fallback()
+                return False
+            self.stats.submitted += 1
             self.stats.dropped += 1
             if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
                 log.error("the journal %s cannot be written (%s), so the recorder process cannot get records: "
                           "%d dropped so far", self._journal.directory, self._journal.broken, self.stats.dropped)
-            return 0
+            return False
+        self.stats.submitted += 1
         self._submitted_bytes += record.size()
         if not self._announce_scheduled:
             self._announce_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._announce)
-        return 1
+        return True
 
     def _break_to_fallback(self) -> None:
         """The journal broke: the process writes what it holds and exits, then the fallback takes over."""
@@ -327,16 +333,14 @@ class RecorderProcess:
 
     async def submit_and_wait(self, record: Record, timeout: float) -> bool:
         """As Writer.submit_and_wait: True once the record is durable (journaled, or committed)."""
-        if self._fallback is None and self._journal.broken is not None and self._fallback_factory is not None:
-            self._break_to_fallback()
+        if self._fallback is None and self._journaled(record):
+            if (self._ack == "journal" and self.lag <= self._max_lag
+                    and self._submitted_bytes - self._committed_bytes <= LAG_BYTES):
+                return True
+            return await self._wait_for(self._journal.end, timeout) or True
         if self._fallback is not None:
             return await self._fallback.submit_and_wait(record, timeout)
-        if not self.submit(record):
-            return False
-        if (self._ack == "journal" and self.lag <= self._max_lag
-                and self._submitted_bytes - self._committed_bytes <= LAG_BYTES):
-            return True
-        return await self._wait_for(self._journal.end, timeout) or True
+        return False
 
     async def settled(self, timeout: float) -> bool:
         """Wait until everything journaled so far is committed (at most `timeout` seconds)."""

@@ -6,7 +6,8 @@ a loop iteration that produced an answer someone waits for (`ack`, below), `flus
 other record (a request on its way upstream, an answer already sent), or when `batch_size` records
 wait. It takes everything that has arrived (up to `batch_size` records per transaction), hands it
 to the sink as one transaction, notes in the journal how far the commits got, then wakes whoever
-waits on the batch with a single `call_soon_threadsafe`. Under load many exchanges share each commit (group commit).
+waits on the batch with a single `call_soon_threadsafe`. Under load many exchanges share each
+commit (group commit).
 
 When an answer is durable (`ack`): `journal` - once its records are in the journal, so a response
 does not wait for the database (a crash loses nothing: the next start replays the journal from the
@@ -299,7 +300,7 @@ class Writer:
         if not wait and journaled and self.lag <= self._max_lag and self._pending_bytes <= LAG_BYTES:
             return True
         if not wait:
-            self._wake_soon()  # the thread is behind: this answer waits for its commit after all
+            self._flush_now()  # the thread is behind: this answer waits for its commit after all
         return await self._wait_for(seq, timeout) or journaled
 
     @property
@@ -314,9 +315,13 @@ class Writer:
         seq = self._seq
         if seq <= self._thread_committed_seq:
             return True
-        self._flush_requested = True  # the records nobody waited for go now, not in flush_ms
-        self._wake.set()
+        self._flush_now()
         return await self._wait_for(seq, timeout)
+
+    def _flush_now(self) -> None:
+        """Someone waits: the records nobody waited for go now, not in flush_ms."""
+        self._flush_requested = True
+        self._wake.set()
 
     def settle(self, timeout: float = 10.0) -> bool:
         """`settled`, for a thread other than the event loop's (tests, tools); blocks."""
