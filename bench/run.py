@@ -214,25 +214,34 @@ def phase_counted(bench: Bench) -> None:
     bench.log(f"counted: answered {counted['answered']}, rows {counted['requests']}/{counted['responses']}")
 
 
+def wrk_interleaved(bench: Bench, gateways: dict[Any, procs.Gateway]) -> tuple[dict[Any, dict[str, Any]],
+                                                                                 dict[Any, list[float]]]:
+    """wrk small at 32 connections on each gateway in turn, the order reversed every other round
+    (after a 1 s warm-up each); then each is stopped and its rows counted. Returns each one's
+    figures (for bench.results) and its req/s per round."""
+    ledgers = {key: Ledger() for key in gateways}
+    rps: dict[Any, list[float]] = {key: [] for key in gateways}
+    for key, gateway in gateways.items():
+        ledgers[key].add(measure.wrk(gateway.port, bench.files["small"], CONNECTIONS, 1))
+    started = time.monotonic()
+    order = list(gateways)
+    for index in range(bench.sizes.rounds):
+        for key in order if index % 2 == 0 else order[::-1]:
+            result = measure.wrk(gateways[key].port, bench.files["small"], CONNECTIONS, bench.sizes.seconds)
+            ledgers[key].add(result)
+            rps[key].append(result["rps"])
+    others = bench.foreign.mean_since(started)
+    figures = {key: {"rps": rps[key], "others": others, **stop_and_count(bench, gateways[key], ledgers[key])}
+               for key in gateways}
+    return figures, rps
+
+
 def phase_workers(bench: Bench) -> None:
     """--workers 1 and --workers 2, both on cores 0-1 (shared with wrk and the upstream on core 1)."""
     gateways = {workers: procs.start_gateway(bench.processes, bench.tmp / f"workers{workers}", bench.upstream_port,
                                              cpus=f"{GATEWAY_CPUS},{LOAD_CPUS}", workers=workers)
                 for workers in (1, 2)}
-    ledgers = {workers: Ledger() for workers in gateways}
-    rps: dict[int, list[float]] = {workers: [] for workers in gateways}
-    for workers, gateway in gateways.items():
-        ledgers[workers].add(measure.wrk(gateway.port, bench.files["small"], CONNECTIONS, 1))
-    started = time.monotonic()
-    for index in range(bench.sizes.rounds):
-        for workers in (1, 2) if index % 2 == 0 else (2, 1):
-            result = measure.wrk(gateways[workers].port, bench.files["small"], CONNECTIONS, bench.sizes.seconds)
-            ledgers[workers].add(result)
-            rps[workers].append(result["rps"])
-    others = bench.foreign.mean_since(started)
-    bench.results["workers"] = {workers: {"rps": rps[workers], "others": others,
-                                          **stop_and_count(bench, gateways[workers], ledgers[workers])}
-                                for workers in gateways}
+    bench.results["workers"], rps = wrk_interleaved(bench, gateways)
     bench.log("workers: " + ", ".join(f"{w}: {rate(sorted(r)[len(r) // 2])} req/s" for w, r in rps.items()))
 
 
@@ -246,20 +255,7 @@ def phase_recorder(bench: Bench) -> None:
     gateways = {(kind, cpus): procs.start_gateway(
         bench.processes, bench.tmp / f"recorder-{kind}-{cpus.replace(',', '-')}", bench.upstream_port, cpus=cpus,
         extra_env={"WRITER_PROCESS": "true" if kind == "process" else "false"}) for kind, cpus in RECORDER_LAYOUTS}
-    ledgers = {layout: Ledger() for layout in gateways}
-    rps: dict[tuple[str, str], list[float]] = {layout: [] for layout in gateways}
-    for layout, gateway in gateways.items():
-        ledgers[layout].add(measure.wrk(gateway.port, bench.files["small"], CONNECTIONS, 1))
-    started = time.monotonic()
-    for index in range(bench.sizes.rounds):
-        for layout in RECORDER_LAYOUTS if index % 2 == 0 else RECORDER_LAYOUTS[::-1]:
-            result = measure.wrk(gateways[layout].port, bench.files["small"], CONNECTIONS, bench.sizes.seconds)
-            ledgers[layout].add(result)
-            rps[layout].append(result["rps"])
-    others = bench.foreign.mean_since(started)
-    bench.results["recorder"] = {layout: {"rps": rps[layout], "others": others,
-                                          **stop_and_count(bench, gateways[layout], ledgers[layout])}
-                                 for layout in gateways}
+    bench.results["recorder"], rps = wrk_interleaved(bench, gateways)
     bench.log("recorder: " + ", ".join(f"{kind} on {cpus}: {rate(sorted(r)[len(r) // 2])} req/s"
                                        for (kind, cpus), r in rps.items()))
 

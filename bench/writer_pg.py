@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
-from writer import SESSIONS, build_records, feed  # bench/writer.py: the same records
+from writer import SESSIONS, build_records, timed_run  # bench/writer.py: the same records and timing
 
 from chatledger.config import Settings
 from chatledger.store import Store
@@ -58,18 +58,11 @@ async def measure_process(url: str, exchanges: list[tuple[RequestRecord, Respons
     recorder = RecorderProcess(Journal(slot.directory), slot, spec, ack="journal")
     await recorder.start()
     load = os.getloadavg()[0]
-    started = time.perf_counter()
-    await feed(recorder, exchanges, window=50_000)
-    fed = time.perf_counter()
-    await asyncio.to_thread(recorder.close, 600.0)
-    elapsed = time.perf_counter() - started
+    result = await timed_run(recorder, exchanges)
     slot.release()
-    stats = recorder.stats
-    return {"exchanges": len(exchanges), "recorder": "process", "connections": settings.writer_pg_connections,
-            "batch_size": settings.writer_batch_size, "seconds": elapsed, "feed_seconds": fed - started,
-            "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
-            "batches": stats.batches, "dropped": stats.dropped, "dead_lettered": stats.dead_lettered,
-            "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    return result | {"recorder": "process", "connections": settings.writer_pg_connections,
+                     "batch_size": settings.writer_batch_size,
+                     "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
 
 
 async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]], workdir: Path,
@@ -88,25 +81,15 @@ async def measure(url: str, exchanges: list[tuple[RequestRecord, ResponseRecord]
                     on_commit=indexer.notify if indexer is not None else None, niceness=settings.writer_niceness)
     writer.start()
     load = os.getloadavg()[0]
-    started = time.perf_counter()
-    await feed(writer, exchanges, window=50_000)
-    fed = time.perf_counter()
-    await asyncio.to_thread(writer.close, 600.0)
-    elapsed = time.perf_counter() - started
-    stats = writer.stats
-    result: dict[str, object] = {
-        "exchanges": len(exchanges), "connections": settings.writer_pg_connections,
-        "batch_size": settings.writer_batch_size, "seconds": elapsed, "feed_seconds": fed - started,
-        "exchanges_per_s": len(exchanges) / elapsed, "committed_records": stats.committed,
-        "batches": stats.batches, "dropped": stats.dropped, "spilled": stats.spilled,
-        "dead_lettered": stats.dead_lettered, "request_bytes": len(exchanges[0][0].openai_request),
-        "response_bytes": len(exchanges[0][1].openai_response or b""),
-        "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    result = await timed_run(writer, exchanges)
+    ended = time.perf_counter()
+    result |= {"connections": settings.writer_pg_connections, "batch_size": settings.writer_batch_size,
+               "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)]}
     if indexer is not None and backend is not None:
         result["search_backlog_at_end"] = backend.backlog()
         while backend.backlog():
             await asyncio.sleep(0.05)
-        result["search_caught_up_after_s"] = time.perf_counter() - started - elapsed
+        result["search_caught_up_after_s"] = time.perf_counter() - ended
         await asyncio.to_thread(indexer.stop)
     store.close()
     return result
